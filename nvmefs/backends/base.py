@@ -1,0 +1,251 @@
+"""The one async Controller interface every backend implements (DESIGN §6).
+
+A non-zero NVMe status is a returned `Completion`; only transport failures
+raise (`TransportError` and subclasses). Every command is bounded by a
+timeout: past it the backend recovers (abort, then reset) and the command is
+answered with the host-aborted status (SCT 3h, SC 71h).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import trio
+
+from ..spec import commands, status
+from ..spec.identify import (
+    CNS_CTRL,
+    CNS_NS,
+    CNS_NS_ACTIVE_LIST,
+    IDENTIFY_SIZE,
+    decode_id_ctrl,
+    decode_ns_list,
+)
+from ..spec.logs import NSID_ALL
+from ..spec.opcodes import ADMIN, IO
+from ..spec.queue import Command, Completion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = {ADMIN: 60.0, IO: 30.0}     # seconds, as Linux's admin_timeout/io_timeout
+MAX_TIMEOUT = 3600.0
+RESET_TIMEOUT = 30.0
+
+
+class TransportError(Exception):
+    """The command could not be carried to or from the controller."""
+    errno = errno.EIO
+
+
+class ControllerGone(TransportError):
+    """The controller was removed (surprise removal, unbound, link down)."""
+    errno = errno.ENODEV
+
+
+class ControllerFatal(TransportError):
+    """The controller reports Controller Fatal Status (CSTS.CFS) until reset."""
+    errno = errno.EIO
+
+
+class Unsupported(TransportError):
+    """The backend cannot do this at all (e.g. CDQ on a kernel without the ioctl)."""
+    errno = errno.EOPNOTSUPP
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command for a queue: data goes out (host to controller) or comes in."""
+    queue: str                      # ADMIN or IO
+    cmd: Command
+    data_out: bytes = b""
+    data_in_len: int = 0
+    timeout: float | None = None    # seconds; None: the queue's default
+
+
+@dataclass
+class Statistics:
+    submitted: int = 0
+    completed: int = 0
+    errors: int = 0                 # completions with a non-zero status
+    timeouts: int = 0
+    resets: int = 0
+    transport_errors: int = 0
+    in_flight: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Controller(ABC):
+    """One NVMe controller. Subclasses implement `_execute` and the lifetime hooks."""
+
+    backend = "?"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.name = ""                  # the directory name the mount gives it (nvme0 ...)
+        self.generation = 0             # bumped by every refresh: caches compare it
+        self.id_ctrl_raw = b""
+        self.id_ctrl: dict[str, Any] = {}
+        self.nsids: list[int] = []
+        self._id_ns: dict[int, bytes] = {}
+        self.state = "new"
+        self._stats = Statistics()
+
+    # ------------------------------------------------------------------ backend hooks
+
+    @abstractmethod
+    async def _execute(self, req: Request) -> Completion:
+        """Carry one command and return its completion. May be cancelled (timeout):
+        then the backend must keep the command's buffers valid until it is gone."""
+
+    async def _start(self) -> None:
+        """Open the device; called once by `start`."""
+
+    async def _abort(self, req: Request) -> bool:
+        """Abort a timed-out command; True if the controller confirmed it."""
+        return False
+
+    async def _reset(self) -> None:
+        """Controller level reset; outstanding commands end."""
+        raise Unsupported(f"{self.backend}: reset is not supported")
+
+    async def aclose(self) -> None:
+        self.state = "closed"
+
+    @property
+    def preferred_name(self) -> str | None:
+        """The name the system already knows the controller by (Linux: nvmeX), if any."""
+        return None
+
+    def info(self) -> dict[str, str]:
+        """Backend, address and transport lines for `info`."""
+        return {"backend": self.backend, "address": self.uri, "transport": self.backend}
+
+    @property
+    def max_transfer(self) -> int:
+        """Largest data transfer in bytes (MDTS in units of the 4 KiB minimum page); 0: none."""
+        mdts = self.id_ctrl.get("mdts", 0)
+        return 4096 << mdts if mdts else 0
+
+    # ------------------------------------------------------------------ commands
+
+    async def start(self) -> "Controller":
+        await self._start()
+        self.state = "live"
+        await self.refresh()
+        return self
+
+    async def submit(self, req: Request) -> Completion:
+        """Carry one command, bounded by its timeout."""
+        timeout = DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout
+        self._stats.submitted += 1
+        self._stats.in_flight += 1
+        try:
+            with trio.move_on_after(timeout) as scope:
+                cpl = await self._execute(req)
+            if scope.cancelled_caught:
+                cpl = await self._timed_out(req, timeout)
+        except TransportError:
+            self._stats.transport_errors += 1
+            raise
+        finally:
+            self._stats.in_flight -= 1
+        self._stats.completed += 1
+        if not cpl.ok:
+            self._stats.errors += 1
+        return cpl
+
+    async def _timed_out(self, req: Request, timeout: float) -> Completion:
+        self._stats.timeouts += 1
+        log.warning("%s: %s opcode %#04x timed out after %.3g s; aborting", self.uri, req.queue,
+                    req.cmd.opcode, timeout)
+        with trio.move_on_after(RESET_TIMEOUT):
+            if not await self._abort(req):
+                await self.reset()
+        return Completion(status=status.HOST_ABORTED, cid=req.cmd.cid)
+
+    async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
+        """Carry many commands concurrently; completions in request order."""
+        results: list[Completion | None] = [None] * len(reqs)
+
+        async def one(i: int, req: Request) -> None:
+            results[i] = await self.submit(req)
+
+        async with trio.open_nursery() as nursery:
+            for i, req in enumerate(reqs):
+                nursery.start_soon(one, i, req)
+        return results  # type: ignore[return-value]
+
+    async def admin(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
+                    timeout: float | None = None) -> Completion:
+        return await self.submit(Request(ADMIN, cmd, data_out, data_in_len, timeout))
+
+    async def io(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
+                 timeout: float | None = None) -> Completion:
+        return await self.submit(Request(IO, cmd, data_out, data_in_len, timeout))
+
+    async def reset(self) -> None:
+        self.state = "resetting"
+        self._stats.resets += 1
+        try:
+            await self._reset()
+        except TransportError:
+            self.state = "failed"
+            raise
+        self.state = "live"
+        await self.refresh()
+
+    def statistics(self) -> Statistics:
+        return self._stats
+
+    # ------------------------------------------------------------------ helpers built on admin()
+
+    async def refresh(self) -> None:
+        """Re-read Identify Controller and the active namespace list (after reset or a
+        namespace change)."""
+        cpl = await self.admin(commands.identify(CNS_CTRL), data_in_len=IDENTIFY_SIZE)
+        if not cpl.ok:
+            raise TransportError(f"{self.uri}: Identify Controller failed: "
+                                 f"{status.describe(cpl.status).name}")
+        self.id_ctrl_raw = cpl.data
+        self.id_ctrl = decode_id_ctrl(cpl.data)
+        self._id_ns.clear()
+        self.generation += 1
+        cpl = await self.admin(commands.identify(CNS_NS_ACTIVE_LIST), data_in_len=IDENTIFY_SIZE)
+        if cpl.ok:
+            self.nsids = decode_ns_list(cpl.data)
+        else:   # controllers before NVMe 1.1 have no active list: every NSID up to NN
+            self.nsids = list(range(1, self.id_ctrl["nn"] + 1))
+
+    async def identify_ns(self, nsid: int) -> Completion:
+        """Identify Namespace, cached until the next `refresh`."""
+        if nsid in self._id_ns:
+            return Completion(data=self._id_ns[nsid])
+        cpl = await self.admin(commands.identify(CNS_NS, nsid=nsid), data_in_len=IDENTIFY_SIZE)
+        if cpl.ok:
+            self._id_ns[nsid] = cpl.data
+        return cpl
+
+    async def get_log(self, lid: int, length: int, offset: int = 0, nsid: int = NSID_ALL,
+                      lsp: int = 0, lsi: int = 0, rae: bool = True) -> Completion:
+        """Get Log Page split into MDTS-sized pieces (each with the same LSP, so an
+        action such as telemetry "create" belongs in a separate header read);
+        the first failure is returned."""
+        chunk = self.max_transfer or length
+        data = bytearray()
+        cpl = Completion()
+        while len(data) < length:
+            n = min(chunk, length - len(data))
+            cpl = await self.admin(commands.get_log_page(lid, n, offset + len(data), nsid, lsp, lsi,
+                                                         rae), data_in_len=n)
+            if not cpl.ok:
+                return cpl
+            data += cpl.data
+        return replace(cpl, data=bytes(data))
+
+    async def get_feature(self, fid: int, sel: int = 0, nsid: int = 0, cdw11: int = 0,
+                          data_len: int = 0) -> Completion:
+        return await self.admin(commands.get_features(fid, sel, nsid, cdw11), data_in_len=data_len)

@@ -1,0 +1,76 @@
+"""`sim` URIs: `sim` or `sim:key=value,key=value`.
+
+Keys: namespaces (count), size (per namespace, with K/M/G/T suffix), lba (512
+or 4096), model, serial, firmware, mdts, path (a directory for sparse backing
+files; default: memory), temperature (kelvin). Unknown keys and bad values are
+errors, so a typo never silently mounts something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SUFFIX else ""
+    number = t[:-1] if unit else t
+    if not number.isdigit():
+        raise ValueError(f"bad size {text!r} (expected e.g. 512M, 1G)")
+    return int(number) * _SUFFIX[unit]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    namespaces: int = 1
+    size: int = 1 << 30
+    lba: int = 512
+    model: str = "nvmefs simulated controller"
+    serial: str = ""
+    firmware: str = "1.0"
+    mdts: int = 7
+    path: str = ""
+    temperature: int = 313
+
+    def validate(self) -> "SimConfig":
+        if not 1 <= self.namespaces <= 32:
+            raise ValueError("namespaces must be 1..32")
+        if self.lba not in (512, 4096):
+            raise ValueError("lba must be 512 or 4096")
+        if self.size < self.lba or self.size % self.lba:
+            raise ValueError(f"size must be a positive multiple of lba ({self.lba})")
+        if not 0 <= self.mdts <= 10:
+            raise ValueError("mdts must be 0..10")
+        if not 200 <= self.temperature <= 400:
+            raise ValueError("temperature must be 200..400 K")
+        for name, limit in (("model", 40), ("serial", 20), ("firmware", 8)):
+            value = getattr(self, name)
+            if len(value) > limit or not value.isascii():
+                raise ValueError(f"{name} must be at most {limit} ASCII characters")
+        return self
+
+
+def parse_uri(uri: str, index: int = 0) -> SimConfig:
+    """Parse a sim URI; `index` makes the default serial unique per controller."""
+    scheme, _, rest = uri.partition(":")
+    if scheme != "sim":
+        raise ValueError(f"not a sim URI: {uri!r}")
+    types = {f.name: f.type for f in fields(SimConfig)}
+    values: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in types:
+            raise ValueError(f"bad sim option {item!r}; known: {', '.join(types)}")
+        if key == "size":
+            values[key] = parse_size(value)
+        elif types[key] == "int":
+            try:
+                values[key] = int(value, 0)
+            except ValueError:
+                raise ValueError(f"sim option {key} needs a number, got {value!r}") from None
+        else:
+            values[key] = value
+    values.setdefault("serial", f"NVMEFSSIM{index:04d}")
+    return SimConfig(**values).validate()   # type: ignore[arg-type]

@@ -1,0 +1,188 @@
+"""The `nvmefs` command: mount, umount, decode (nvmefs(1))."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import sys
+
+import trio
+
+from . import __version__
+from .spec import render
+
+READY_TIMEOUT = 180.0          # seconds the parent waits for the daemon's mount
+
+
+def _owner(text: str, kind: str) -> int:
+    if text.isdigit():
+        return int(text)
+    import grp
+    import pwd
+    try:
+        return pwd.getpwnam(text).pw_uid if kind == "user" else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such {kind}: {text}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvmefs", description="NVMe controllers as a file tree.")
+    p.add_argument("--version", action="version", version=f"nvmefs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount controllers at MOUNTPOINT")
+    m.add_argument("mountpoint")
+    m.add_argument("devices", nargs="+", metavar="DEVICE",
+                   help="sim, sim:key=value,...; one directory each (nvme0, nvme1, ...)")
+    m.add_argument("-f", "--foreground", action="store_true", help="do not daemonize")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users in (file modes decide; implies default_permissions)")
+    m.add_argument("--uid", type=lambda t: _owner(t, "user"), default=os.getuid(),
+                   help="owner of every file (name or number)")
+    m.add_argument("--gid", type=lambda t: _owner(t, "group"), default=os.getgid(),
+                   help="group of every file (name or number)")
+    m.add_argument("--umask", type=lambda t: int(t, 8), default=0,
+                   help="permission bits to clear, octal (e.g. 027)")
+    m.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
+    m.add_argument("-d", "--debug", action="store_true", help="log debug messages")
+
+    u = sub.add_parser("umount", help="unmount an nvmefs mount")
+    u.add_argument("mountpoint")
+
+    d = sub.add_parser("decode", help="decode a saved raw structure")
+    d.add_argument("--as", dest="kind", required=True, choices=sorted(render.RENDERERS),
+                   help="what the bytes are")
+    d.add_argument("--format", choices=("json", "txt"), default="json")
+    d.add_argument("--name", default="nvme0", help="controller name, for pages keyed by it")
+    d.add_argument("--fid", type=lambda t: int(t, 0), default=None,
+                   help="feature identifier (with --as feature)")
+    d.add_argument("--csi", type=lambda t: int(t, 0), default=0,
+                   help="command set identifier (with --as effects)")
+    d.add_argument("file", help="the raw bytes, or - for standard input")
+    return p
+
+
+def cmd_decode(args) -> int:
+    if args.kind == "feature" and args.fid is None:
+        print("nvmefs decode: --as feature needs --fid", file=sys.stderr)
+        return 2
+    try:
+        if args.file == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as f:
+                raw = f.read()
+        ctx = {"name": args.name, "fid": args.fid, "csi": args.csi}
+        out = render.render(args.kind, raw, args.format, ctx)
+    except (OSError, ValueError) as e:
+        print(f"nvmefs decode: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(out)
+    return 0
+
+
+def cmd_umount(args) -> int:
+    from .mount import MountError, unmount
+    try:
+        unmount(args.mountpoint)
+    except MountError as e:
+        print(f"nvmefs umount: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _setup_logging(args, daemon: bool) -> None:
+    level = logging.DEBUG if args.debug else logging.INFO
+    fmt = "%(asctime)s nvmefs[%(process)d] %(levelname)s %(name)s: %(message)s"
+    if args.log:
+        logging.basicConfig(filename=args.log, level=level, format=fmt)
+    elif daemon:
+        logging.basicConfig(handlers=[logging.NullHandler()], level=level)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=level, format=fmt)
+
+
+def cmd_mount(args) -> int:
+    from .mount import MountError, MountOptions, prepare_mountpoint
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    opts = MountOptions(os.path.abspath(args.mountpoint), args.devices, args.allow_other,
+                        args.uid, args.gid, args.umask)
+    try:
+        prepare_mountpoint(opts.mountpoint, say)
+    except MountError as e:
+        say(f"nvmefs mount: {e}")
+        return 1
+    if args.foreground:
+        _setup_logging(args, daemon=False)
+        return _run(opts, lambda: None, say)
+
+    # Daemonize before trio starts: the child mounts and reports through a pipe.
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return _wait_for_child(rfd, pid, opts.mountpoint)
+    os.close(rfd)
+    os.setsid()
+    _setup_logging(args, daemon=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+
+    def report(msg: str) -> None:
+        os.write(wfd, msg.encode())
+
+    def ready() -> None:
+        report("ok")
+        os.close(wfd)
+        os.dup2(null, 2)
+
+    code = _run(opts, ready, lambda msg: report(msg + "\n"))
+    os._exit(code)
+
+
+def _run(opts, ready, say) -> int:
+    from .backends import TransportError
+    from .mount import MountError, serve
+    try:
+        trio.run(serve, opts, ready)
+    except (MountError, TransportError, ValueError, OSError, trio.TooSlowError) as e:
+        say(f"nvmefs mount: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _wait_for_child(rfd: int, pid: int, mountpoint: str) -> int:
+    chunks = []
+    while True:
+        ready, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+        if not ready:
+            print(f"nvmefs mount: no mount at {mountpoint} after {READY_TIMEOUT:.0f} s",
+                  file=sys.stderr)
+            return 1
+        chunk = os.read(rfd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    msg = b"".join(chunks).decode(errors="replace")
+    if msg.startswith("ok"):
+        return 0
+    os.waitpid(pid, 0)
+    print(msg.rstrip() or "nvmefs mount: the daemon exited before mounting", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

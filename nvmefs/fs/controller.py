@@ -1,0 +1,59 @@
+"""nvmeX/: one controller's directory (DESIGN §2)."""
+
+from __future__ import annotations
+
+from ..backends.base import Controller
+from ..spec import identify as ID
+from .errors import check
+from .features import feature_dir
+from .logs import log_dir
+from .nodes import Dir, Node, SnapshotFile, StaticDir
+from .views import text_lines, views
+
+
+def controller_info(ctrl: Controller) -> dict[str, object]:
+    idc = ctrl.id_ctrl
+    return {"name": ctrl.name, **ctrl.info(), "model": idc["mn"].strip(),
+            "serial": idc["sn"].strip(), "firmware": idc["fr"].strip(), "nn": idc["nn"],
+            "mdts": ctrl.max_transfer, "state": ctrl.state,
+            "namespaces": " ".join(map(str, ctrl.nsids))}
+
+
+def namespace_dir(ctrl: Controller, nsid: int) -> Dir:
+    async def fetch() -> bytes:
+        return check(await ctrl.identify_ns(nsid))
+
+    async def info() -> bytes:
+        d = ID.decode_id_ns(check(await ctrl.identify_ns(nsid)))
+        block = ID.block_size(d)
+        return text_lines({"nsid": nsid, "blocks": d["nsze"], "block_size": block,
+                           "bytes": d["nsze"] * block, "capacity_blocks": d["ncap"],
+                           "used_blocks": d["nuse"], "nguid": d["nguid"], "eui64": d["eui64"]})
+
+    return StaticDir(str(nsid), [*views("identify", "id-ns", fetch, raw_size=ID.IDENTIFY_SIZE),
+                                 SnapshotFile("info", info)])
+
+
+class NamespacesDir(Dir):
+    """ns/: a directory per active namespace."""
+
+    def __init__(self, ctrl: Controller):
+        super().__init__("ns")
+        self.ctrl = ctrl
+
+    async def entries(self) -> list[Node]:
+        return [self.child(str(n), lambda n=n: namespace_dir(self.ctrl, n)) for n in self.ctrl.nsids]
+
+
+def controller_dir(ctrl: Controller) -> Dir:
+    async def identify() -> bytes:
+        return ctrl.id_ctrl_raw
+
+    async def info() -> bytes:
+        return text_lines(controller_info(ctrl))
+
+    return StaticDir(ctrl.name, [
+        SnapshotFile("info", info),
+        *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE),
+        log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
+    ])

@@ -1,0 +1,31 @@
+"""The three views of a structure: `name` (raw bytes), `name.json`, `name.txt`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from ..spec import render
+from .nodes import Fetch, Node, SnapshotFile
+
+
+def rendered(kind: str, fetch: Fetch, fmt: str, ctx: Mapping[str, Any]) -> Fetch:
+    async def fetch_view() -> bytes:
+        return render.render(kind, await fetch(), fmt, ctx)
+    return fetch_view
+
+
+def views(name: str, kind: str | None, fetch: Fetch, ctx: Mapping[str, Any] | None = None,
+          raw_size: int | None = None,
+          raw: Callable[[str], Node] | None = None) -> list[Node]:
+    """Raw, JSON and text files for one structure; raw only if `kind` has no decoder.
+    `raw` makes a custom raw node (large logs read at an offset)."""
+    nodes = [raw(name) if raw else SnapshotFile(name, fetch, raw_size)]
+    if kind is not None:
+        nodes += [SnapshotFile(f"{name}.{fmt}", rendered(kind, fetch, fmt, ctx or {}))
+                  for fmt in ("json", "txt")]
+    return nodes
+
+
+def text_lines(pairs: Mapping[str, Any]) -> bytes:
+    """`key: value` lines (the `info` files)."""
+    return "".join(f"{k}: {v}\n" for k, v in pairs.items()).encode()

@@ -1,0 +1,155 @@
+"""Daemon lifetime: open the backends, mount, serve until unmounted or signalled.
+
+The mount is announced ready (to a waiting parent when daemonized) only once
+the FUSE session is serving. SIGINT and SIGTERM unmount cleanly. A mountpoint
+left behind by a killed daemon ("Transport endpoint is not connected") is
+detached and reused, with a message saying so.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from . import fs
+from .backends import open_controller
+
+log = logging.getLogger(__name__)
+
+FSNAME = "nvmefs"
+OPEN_TIMEOUT = 120.0          # seconds to open and identify every controller
+MAX_FUSE_TASKS = 512          # concurrent requests (blocking reads each hold one)
+
+
+class MountError(Exception):
+    pass
+
+
+@dataclass
+class MountOptions:
+    mountpoint: str
+    devices: list[str]
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0
+
+    def fuse_options(self) -> set[str]:
+        opts = {f"fsname={FSNAME}", f"subtype={FSNAME}", "default_permissions", "nodev", "nosuid"}
+        if self.allow_other:
+            opts.add("allow_other")
+        return opts
+
+
+def mounts_at(mountpoint: str) -> list[str]:
+    """File system types mounted at `mountpoint`, from /proc/self/mountinfo."""
+    target = os.path.realpath(mountpoint)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].encode().decode("unicode_escape")
+            if point == target:
+                found.append(right.split()[0])
+    return found
+
+
+def prepare_mountpoint(mountpoint: str, say: Callable[[str], None]) -> None:
+    """Refuse a live nvmefs mount; detach a stale one left by a killed daemon."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise MountError(f"{mountpoint}: {e.strerror}") from None
+        detach(mountpoint)
+        say(f"nvmefs: {mountpoint} was left mounted by a daemon that is gone "
+            "(Transport endpoint is not connected); detached it and mounting again")
+        return
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"{mountpoint}: not a directory")
+    if f"fuse.{FSNAME}" in mounts_at(mountpoint):
+        raise MountError(f"{mountpoint}: an nvmefs daemon is already serving it "
+                         f"(unmount it with: nvmefs umount {mountpoint})")
+
+
+def detach(mountpoint: str) -> None:
+    """Lazy unmount (the kernel drops the mount once nothing uses it)."""
+    for cmd in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
+        try:
+            if subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
+                return
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    raise MountError(f"{mountpoint}: could not detach the stale mount")
+
+
+def unmount(mountpoint: str) -> None:
+    """`nvmefs umount`: unmount, detaching if the daemon is already gone."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            detach(mountpoint)
+            return
+        raise MountError(f"{mountpoint}: {e.strerror}") from None
+    if not any(t.startswith("fuse") for t in mounts_at(mountpoint)):
+        raise MountError(f"{mountpoint}: not mounted")
+    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise MountError(r.stderr.strip() or f"{mountpoint}: unmount failed")
+
+
+def controller_names(ctrls) -> list[str]:
+    """Keep names the system already uses (Linux nvmeX); number the rest after them."""
+    taken = {c.preferred_name for c in ctrls if c.preferred_name}
+    numbers = (f"nvme{i}" for i in range(10_000) if f"nvme{i}" not in taken)
+    return [c.preferred_name or next(numbers) for c in ctrls]
+
+
+async def serve(opts: MountOptions, ready: Callable[[], None]) -> None:
+    """Open every controller, mount, call `ready`, serve until unmount or signal."""
+    async with AsyncExitStack() as stack:
+        ctrls = []
+        with trio.fail_after(OPEN_TIMEOUT):
+            for i, uri in enumerate(opts.devices):
+                ctrl = await open_controller(uri, i)
+                stack.push_async_callback(ctrl.aclose)
+                ctrls.append(ctrl)
+        for ctrl, name in zip(ctrls, controller_names(ctrls), strict=True):
+            ctrl.name = name
+        ops = fs.build(ctrls, opts.uid, opts.gid, opts.umask)
+        try:
+            pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
+        except RuntimeError as e:
+            raise MountError(f"{opts.mountpoint}: mount failed ({e})") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_fuse_main, nursery.cancel_scope)
+                nursery.start_soon(_watch_signals, nursery.cancel_scope)
+                await trio.sleep(0)
+                ready()
+        finally:
+            pyfuse3.close(unmount=True)
+
+
+async def _fuse_main(scope: trio.CancelScope) -> None:
+    await pyfuse3.main(1, MAX_FUSE_TASKS)
+    scope.cancel()       # unmounted from outside: stop the signal watcher too
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            scope.cancel()
+            return
