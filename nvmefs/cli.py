@@ -12,6 +12,7 @@ import trio
 
 from . import __version__
 from .spec import render
+from .spec.passthru import POLICIES
 
 READY_TIMEOUT = 180.0          # seconds the parent waits for the daemon's mount
 
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help="group of every file (name or number)")
     m.add_argument("--umask", type=lambda t: int(t, 8), default=0,
                    help="permission bits to clear, octal (e.g. 027)")
+    m.add_argument("--passthru", choices=POLICIES, default="readonly",
+                   help="what passthru/, Set Features and reset may do (default: readonly)")
     m.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
     m.add_argument("-d", "--debug", action="store_true", help="log debug messages")
 
@@ -111,7 +114,7 @@ def cmd_mount(args) -> int:
         print(msg, file=sys.stderr)
 
     opts = MountOptions(os.path.abspath(args.mountpoint), args.devices, args.allow_other,
-                        args.uid, args.gid, args.umask)
+                        args.uid, args.gid, args.umask, args.passthru)
     try:
         prepare_mountpoint(opts.mountpoint, say)
     except MountError as e:

@@ -42,6 +42,7 @@ class MountOptions:
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0
+    passthru: str = "readonly"
 
     def fuse_options(self) -> set[str]:
         opts = {f"fsname={FSNAME}", f"subtype={FSNAME}", "default_permissions", "nodev", "nosuid"}
@@ -127,19 +128,22 @@ async def serve(opts: MountOptions, ready: Callable[[], None]) -> None:
                 ctrls.append(ctrl)
         for ctrl, name in zip(ctrls, controller_names(ctrls), strict=True):
             ctrl.name = name
-        ops = fs.build(ctrls, opts.uid, opts.gid, opts.umask)
-        try:
-            pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
-        except RuntimeError as e:
-            raise MountError(f"{opts.mountpoint}: mount failed ({e})") from None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_fuse_main, nursery.cancel_scope)
-                nursery.start_soon(_watch_signals, nursery.cancel_scope)
-                await trio.sleep(0)
-                ready()
-        finally:
-            pyfuse3.close(unmount=True)
+        ops = fs.build(ctrls, opts.uid, opts.gid, opts.umask, opts.passthru)
+        # catch the signals before the mount is visible: one sent right after must unmount
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            try:
+                pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
+            except RuntimeError as e:
+                raise MountError(f"{opts.mountpoint}: mount failed ({e})") from None
+            try:
+                async with trio.open_nursery() as nursery:
+                    ops.tree.nursery = nursery
+                    nursery.start_soon(_fuse_main, nursery.cancel_scope)
+                    nursery.start_soon(_watch_signals, signals, nursery.cancel_scope)
+                    await trio.sleep(0)
+                    ready()
+            finally:
+                pyfuse3.close(unmount=True)
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:
@@ -147,9 +151,8 @@ async def _fuse_main(scope: trio.CancelScope) -> None:
     scope.cancel()       # unmounted from outside: stop the signal watcher too
 
 
-async def _watch_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            scope.cancel()
-            return
+async def _watch_signals(signals, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        scope.cancel()
+        return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import trio
@@ -167,16 +167,30 @@ class Controller(ABC):
                 await self.reset()
         return Completion(status=status.HOST_ABORTED, cid=req.cmd.cid)
 
+    def _concurrent(self, reqs: Sequence[Request]) -> bool:
+        """Whether a batch needs a task per command (a backend whose commands
+        complete at once may run them in turn)."""
+        return len(reqs) > 1
+
     async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
-        """Carry many commands concurrently; completions in request order."""
+        """Carry many commands concurrently; completions in request order.
+        A transport failure of any command fails the batch."""
+        if not self._concurrent(reqs):
+            return [await self.submit(req) for req in reqs]
         results: list[Completion | None] = [None] * len(reqs)
+        failures: list[TransportError] = []
 
         async def one(i: int, req: Request) -> None:
-            results[i] = await self.submit(req)
+            try:
+                results[i] = await self.submit(req)
+            except TransportError as e:
+                failures.append(e)
 
         async with trio.open_nursery() as nursery:
             for i, req in enumerate(reqs):
                 nursery.start_soon(one, i, req)
+        if failures:
+            raise failures[0]
         return results  # type: ignore[return-value]
 
     async def admin(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
@@ -244,7 +258,7 @@ class Controller(ABC):
             if not cpl.ok:
                 return cpl
             data += cpl.data
-        return replace(cpl, data=bytes(data))
+        return cpl._replace(data=bytes(data))
 
     async def get_feature(self, fid: int, sel: int = 0, nsid: int = 0, cdw11: int = 0,
                           data_len: int = 0) -> Completion:

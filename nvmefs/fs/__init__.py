@@ -11,8 +11,10 @@ from .nodes import StaticDir, Tree
 from .operations import Operations
 
 
-def build(controllers: Sequence[Controller], uid: int, gid: int, umask: int = 0) -> Operations:
-    """Operations serving one directory per controller, named by `Controller.name`."""
+def build(controllers: Sequence[Controller], uid: int, gid: int, umask: int = 0,
+          passthru: str = "readonly") -> Operations:
+    """Operations serving one directory per controller, named by `Controller.name`.
+    `passthru` is the policy for passthru/, Set Features and reset (spec.passthru)."""
     tree = Tree(uid, gid, umask, time.time())
-    tree.register(StaticDir("", [controller_dir(c) for c in controllers]))
+    tree.register(StaticDir("", [controller_dir(c, passthru) for c in controllers]))
     return Operations(tree)

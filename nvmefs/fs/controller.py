@@ -8,6 +8,7 @@ from .errors import check
 from .features import feature_dir
 from .logs import log_dir
 from .nodes import Dir, Node, SnapshotFile, StaticDir
+from .passthru import PassthruDir, ResetFile
 from .views import text_lines, views
 
 
@@ -45,7 +46,7 @@ class NamespacesDir(Dir):
         return [self.child(str(n), lambda n=n: namespace_dir(self.ctrl, n)) for n in self.ctrl.nsids]
 
 
-def controller_dir(ctrl: Controller) -> Dir:
+def controller_dir(ctrl: Controller, policy: str) -> Dir:
     async def identify() -> bytes:
         return ctrl.id_ctrl_raw
 
@@ -55,5 +56,6 @@ def controller_dir(ctrl: Controller) -> Dir:
     return StaticDir(ctrl.name, [
         SnapshotFile("info", info),
         *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE),
-        log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
+        log_dir(ctrl), feature_dir(ctrl, policy), NamespacesDir(ctrl),
+        PassthruDir(ctrl, policy), ResetFile(ctrl, policy),
     ])

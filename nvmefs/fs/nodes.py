@@ -14,6 +14,7 @@ import stat
 from typing import Awaitable, Callable, Iterable
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 Fetch = Callable[[], Awaitable[bytes]]
@@ -52,7 +53,7 @@ class Handle:
     async def release(self) -> None:
         pass
 
-    async def poll(self) -> int:
+    async def poll(self, poll_handle=None) -> int:
         return 0x1      # POLLIN: a snapshot is always readable
 
 
@@ -150,6 +151,7 @@ class Tree:
     def __init__(self, uid: int, gid: int, umask: int, now: float):
         self.uid, self.gid, self.umask, self.now = uid, gid, umask, now
         self.nodes: dict[int, Node] = {}
+        self.nursery: trio.Nursery | None = None    # for work that outlives a request
         self._next_inode = pyfuse3.ROOT_INODE
 
     def register(self, node: Node) -> Node:

@@ -140,7 +140,23 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def poll(self, inode, fh, poll_handle, ctx):
-        return await self._handle(fh).poll()
+        return await self._handle(fh).poll(poll_handle)
+
+    @handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._dir(parent_inode)
+        if not hasattr(parent, "create"):
+            raise FUSEError(errno.EACCES)
+        node = await parent.create(os.fsdecode(name), ctx)
+        info = await self.open(node.inode, flags, ctx)
+        return info, await self.tree.attr(node)
+
+    @handler
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._dir(parent_inode)
+        if not hasattr(parent, "unlink"):
+            raise FUSEError(errno.EACCES)
+        await parent.unlink(os.fsdecode(name), ctx)
 
     @handler
     async def statfs(self, ctx):

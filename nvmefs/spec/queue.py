@@ -8,7 +8,7 @@ SC bits 7:0, SCT 10:8, CRD 12:11, More 13, DNR 14 (the CQE's DW3[31:17]).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 SQE_SIZE = 64
 CQE_SIZE = 16
@@ -23,8 +23,7 @@ FUSE_MASK = 0x03       # CDW0 bits 9:8, flags bits 1:0
 PSDT_MASK = 0xC0       # CDW0 bits 15:14, flags bits 7:6
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     opcode: int
     nsid: int = 0
     cdw10: int = 0
@@ -54,7 +53,7 @@ class Command:
                    prp1, prp2)
 
     def with_cid(self, cid: int) -> "Command":
-        return replace(self, cid=cid)
+        return self._replace(cid=cid)
 
 
 # Status field parts (Figure 92)
@@ -67,15 +66,14 @@ def make_status(sct: int, sc: int, dnr: bool = False, more: bool = False, crd: i
         | (MORE if more else 0) | (DNR if dnr else 0)
 
 
-@dataclass(frozen=True)
-class Completion:
+class Completion(NamedTuple):
     status: int = 0           # 15-bit status (no phase)
     dw0: int = 0
     dw1: int = 0
     sqhd: int = 0
     sqid: int = 0
     cid: int = 0
-    data: bytes = field(default=b"", repr=False)
+    data: bytes = b""         # data in, as the command returned it
 
     @property
     def sc(self) -> int:

@@ -5,24 +5,32 @@ from __future__ import annotations
 import contextlib
 import os
 
+import trio
+
 from nvmefs import fs
 from nvmefs.backends import open_controller
 
 
 class Ctx:
-    uid, gid, pid, umask = 0, 0, os.getpid(), 0o022
+    def __init__(self, uid: int = 0, gid: int = 0, pid: int = os.getpid()):
+        self.uid, self.gid, self.pid, self.umask = uid, gid, pid, 0o022
 
 
 @contextlib.asynccontextmanager
-async def mounted_ops(*uris: str):
-    """Operations over opened controllers named nvme0, nvme1, ..."""
+async def mounted_ops(*uris: str, passthru: str = "readonly"):
+    """Operations over opened controllers named nvme0, nvme1, ..., with a nursery
+    for the work requests leave behind (passthru batches)."""
     ctrls = []
     try:
         for i, uri in enumerate(uris or ("sim:size=64M",)):
             ctrl = await open_controller(uri, i)
             ctrl.name = f"nvme{i}"
             ctrls.append(ctrl)
-        yield fs.build(ctrls, os.getuid(), os.getgid()), ctrls
+        ops = fs.build(ctrls, os.getuid(), os.getgid(), passthru=passthru)
+        async with trio.open_nursery() as nursery:
+            ops.tree.nursery = nursery
+            yield ops, ctrls
+            nursery.cancel_scope.cancel()
     finally:
         for c in ctrls:
             await c.aclose()
@@ -40,17 +48,21 @@ async def listing(ops, path: str) -> list[str]:
     return [n.name for n in await node.entries()]
 
 
-async def open_file(ops, path: str, flags: int = os.O_RDONLY) -> int:
-    return (await ops.open(await inode_of(ops, path), flags, Ctx())).fh
+async def open_file(ops, path: str, flags: int = os.O_RDONLY, ctx=None) -> int:
+    return (await ops.open(await inode_of(ops, path), flags, ctx or Ctx())).fh
+
+
+async def read_fh(ops, fh: int) -> bytes:
+    chunks, off = [], 0
+    while chunk := await ops.read(fh, off, 128 * 1024):
+        chunks.append(chunk)
+        off += len(chunk)
+    return b"".join(chunks)
 
 
 async def read_all(ops, path: str) -> bytes:
     fh = await open_file(ops, path)
     try:
-        chunks, off = [], 0
-        while chunk := await ops.read(fh, off, 128 * 1024):
-            chunks.append(chunk)
-            off += len(chunk)
-        return b"".join(chunks)
+        return await read_fh(ops, fh)
     finally:
         await ops.release(fh)

@@ -49,7 +49,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def sh(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, timeout=60)
+    """Run `cmd` with bash (dash reports every failed write as "I/O error")."""
+    r = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, timeout=60,
+                       executable="/bin/bash")
     if check and r.returncode:
         raise AssertionError(f"{cmd!r} failed ({r.returncode}): {r.stderr.decode()}")
     return r

@@ -8,15 +8,13 @@ Fatal Status, surprise removal, aborts and resets. Command semantics live in
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import trio
 
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Completion
 from ..base import Controller, ControllerFatal, ControllerGone, Request
 from .config import parse_uri
-from .device import SimDevice
+from .device import Result, SimDevice
 from .faults import Faults
 
 QUEUE_DEPTH = 1024
@@ -52,6 +50,10 @@ class SimController(Controller):
     def set_temperature(self, kelvin: int) -> None:
         self.device.temperature = kelvin
 
+    def _concurrent(self, reqs) -> bool:
+        # only latency or an armed fault makes a command wait
+        return bool(self.faults.rules or self.config.io_latency)
+
     def _check(self) -> None:
         if self.removed:
             raise ControllerGone(f"{self.uri}: controller removed")
@@ -67,15 +69,18 @@ class SimController(Controller):
         self._check()
         wire = req.cmd.with_cid(self._wire_cid(req.queue))
         fault = self.faults.take(req.queue, wire)
+        if req.queue == IO and self.config.io_latency:
+            await trio.sleep(self.config.io_latency / 1000)
+            self._check()
         if fault is not None:
-            cpl = await self._faulted(fault, req, wire)
+            res = await self._faulted(fault, req, wire)
         else:
-            cpl = self.device.execute(req.queue, wire, req.data_out, req.data_in_len)
+            res = self.device.execute(req.queue, wire, req.data_out, req.data_in_len)
             await trio.lowlevel.checkpoint()
-        self._sqhd[req.queue] = (self._sqhd[req.queue] + 1) % QUEUE_DEPTH
-        return replace(cpl, sqhd=self._sqhd[req.queue], sqid=SQID[req.queue], cid=req.cmd.cid)
+        sqhd = self._sqhd[req.queue] = (self._sqhd[req.queue] + 1) % QUEUE_DEPTH
+        return Completion(res.status, res.dw0, 0, sqhd, SQID[req.queue], req.cmd.cid, res.data)
 
-    async def _faulted(self, fault, req: Request, wire) -> Completion:
+    async def _faulted(self, fault, req: Request, wire) -> Result:
         if fault.kind == "fatal":
             self.fatal = True
             self._check()
@@ -90,7 +95,7 @@ class SimController(Controller):
         if fault.kind == "status":
             await trio.lowlevel.checkpoint()
             self.device.record_error(req.queue, wire, fault.status)
-            return Completion(fault.status)
+            return Result(fault.status, 0, bytes(req.data_in_len))
         self._hung.add(id(req))            # timeout: hang until aborted
         await trio.sleep_forever()
         raise AssertionError("unreachable")

@@ -2,8 +2,9 @@
 
 Keys: namespaces (count), size (per namespace, with K/M/G/T suffix), lba (512
 or 4096), model, serial, firmware, mdts, path (a directory for sparse backing
-files; default: memory), temperature (kelvin). Unknown keys and bad values are
-errors, so a typo never silently mounts something else.
+files; default: memory), temperature (kelvin), io_latency (milliseconds every
+I/O command takes). Unknown keys and bad values are errors, so a typo never
+silently mounts something else.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class SimConfig:
     mdts: int = 7
     path: str = ""
     temperature: int = 313
+    io_latency: int = 0
 
     def validate(self) -> "SimConfig":
         if not 1 <= self.namespaces <= 32:
@@ -45,6 +47,8 @@ class SimConfig:
             raise ValueError("mdts must be 0..10")
         if not 200 <= self.temperature <= 400:
             raise ValueError("temperature must be 200..400 K")
+        if not 0 <= self.io_latency <= 3_600_000:
+            raise ValueError("io_latency must be 0..3600000 ms")
         for name, limit in (("model", 40), ("serial", 20), ("firmware", 8)):
             value = getattr(self, name)
             if len(value) > limit or not value.isascii():

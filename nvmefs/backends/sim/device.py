@@ -1,8 +1,8 @@
 """The simulated controller's command set: state plus opcode -> handler tables.
 
 Synchronous and deterministic: time comes from the `now` function it is given.
-Handlers return a `Completion` (status, DW0, data in); a failing status also
-adds an Error Information log entry. The Commands Supported and Effects log is
+Handlers return a `Result` (status, DW0, data in); a failing status also adds
+an Error Information log entry. The Commands Supported and Effects log is
 built from the same tables, so it always matches what is implemented.
 """
 
@@ -13,7 +13,7 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ...spec import features as F
 from ...spec import identify as ID
@@ -22,11 +22,18 @@ from ...spec import status as S
 from ...spec.commands import log_page_fields, rw_fields
 from ...spec.logs import CCC, CSUPP, LBCC, NCC, NIC
 from ...spec.opcodes import ADMIN, IO
-from ...spec.queue import Command, Completion
+from ...spec.queue import Command
 from .config import SimConfig
 from .storage import FileStore, MemoryStore
 
-Handler = Callable[[Command, bytes, int], Completion]
+
+class Result(NamedTuple):
+    status: int
+    dw0: int = 0
+    data: bytes = b""
+
+
+Handler = Callable[[Command, bytes, int], Result]
 
 LBA_FORMATS = (9, 12)          # LBADS of LBA formats 0 and 1: 512 and 4096 bytes
 MAX_NAMESPACES = 32
@@ -36,12 +43,12 @@ TELEMETRY_DALB = (7, 63, 2047)             # last block of data areas 1..3: 1 Mi
 CSE_ONE_NS = 1 << 16
 
 
-def ok(data: bytes = b"", dw0: int = 0) -> Completion:
-    return Completion(S.SUCCESS, dw0=dw0, data=data)
+def ok(data: bytes = b"", dw0: int = 0) -> Result:
+    return Result(S.SUCCESS, dw0, data)
 
 
-def fail(status: int) -> Completion:
-    return Completion(status)
+def fail(status: int) -> Result:
+    return Result(status)
 
 
 @dataclass
@@ -104,6 +111,7 @@ class SimDevice:
                          if feat.supported(self.CAPS)}
         self.saved = {fid: dict(v) for fid, v in self.features.items()}
         self.command_log: deque[tuple[str, Command]] = deque(maxlen=1_000_000)
+        self._id_ctrl: tuple[tuple[str, int], bytes] = (("", -1), b"")
 
     def _store(self, nsid: int) -> MemoryStore | FileStore:
         if self.cfg.path:
@@ -117,23 +125,22 @@ class SimDevice:
 
     # ------------------------------------------------------------------ dispatch
 
-    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        """Run one command; data in is exactly `data_in_len` bytes (the host buffer)."""
         self.command_log.append((queue, cmd))
         op = (self.ADMIN_OPS if queue == ADMIN else self.IO_OPS).get(cmd.opcode)
         if op is None:
-            cpl = fail(S.INVALID_OPCODE)
+            res = fail(S.INVALID_OPCODE)
+        elif max(len(data_out), data_in_len) > 4096 << self.cfg.mdts:
+            res = fail(S.INVALID_FIELD)
         else:
-            xfer = max(len(data_out), data_in_len)
-            limit = 4096 << self.cfg.mdts
-            cpl = fail(S.INVALID_FIELD) if xfer > limit else \
-                getattr(self, op.handler)(cmd, data_out, data_in_len)
-        if not cpl.ok:
-            self.record_error(queue, cmd, cpl.status)
-        elif data_in_len:
-            cpl = Completion(cpl.status, cpl.dw0, data=cpl.data[:data_in_len].ljust(data_in_len, b"\0"))
-        else:
-            cpl = Completion(cpl.status, cpl.dw0)
-        return cpl
+            res = getattr(self, op.handler)(cmd, data_out, data_in_len)
+        if res.status & 0x7FF:
+            self.record_error(queue, cmd, res.status)
+            return Result(res.status, res.dw0, bytes(data_in_len))
+        if len(res.data) != data_in_len:
+            return Result(res.status, res.dw0, res.data[:data_in_len].ljust(data_in_len, b"\0"))
+        return res
 
     def record_error(self, queue: str, cmd: Command, status: int) -> None:
         self.error_count += 1
@@ -144,15 +151,20 @@ class SimDevice:
     # ------------------------------------------------------------------ identify
 
     def id_ctrl(self) -> bytes:
-        c = self.cfg
         fr = self.firmware[self.active_slot]
+        tnvmcap = sum(ns.blocks * ns.block_size for ns in self.namespaces.values())
+        if self._id_ctrl[0] != (fr, tnvmcap):      # encoding is slow: keep it while it holds
+            self._id_ctrl = ((fr, tnvmcap), self._encode_id_ctrl(fr, tnvmcap))
+        return self._id_ctrl[1]
+
+    def _encode_id_ctrl(self, fr: str, tnvmcap: int) -> bytes:
+        c = self.cfg
         return ID.encode_id_ctrl(dict(
             vid=0, ssvid=0, sn=c.serial, mn=c.model, fr=fr, rab=6, ieee=0, cmic=0, mdts=c.mdts,
             cntlid=self.index, ver=0x20000, oaes=0x300, cntrltype=1,
             oacs=0x16, acl=3, aerl=3, frmw=0x16, lpa=0x2E, elpe=ERROR_ENTRIES - 1, npss=2,
             avscc=1, wctemp=343, cctemp=353, mtfa=0, edstt=1,
-            tnvmcap=sum(ns.blocks * ns.block_size for ns in self.namespaces.values()),
-            sqes=0x66, cqes=0x44, nn=MAX_NAMESPACES,
+            tnvmcap=tnvmcap, sqes=0x66, cqes=0x44, nn=MAX_NAMESPACES,
             subnqn=f"nqn.2024-01.io.nvmefs:sim:{c.serial}", **self.CAPS),
             psds=[dict(mp=900, enlat=0, exlat=0),
                   dict(mp=500, enlat=10, exlat=10, rrt=1, rrl=1, rwt=1, rwl=1),
@@ -167,7 +179,7 @@ class SimDevice:
             nguid=digest[:16].hex(), eui64=digest[16:24].hex()),
             [dict(ds=ds) for ds in LBA_FORMATS])
 
-    def identify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def identify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         cns = cmd.cdw10 & 0xFF
         if cns == ID.CNS_CTRL:
             return ok(self.id_ctrl())
@@ -194,7 +206,7 @@ class SimDevice:
 
     # ------------------------------------------------------------------ log pages
 
-    def get_log_page(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def get_log_page(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         lid, lsp, length, offset, _ = log_page_fields(cmd)
         rae = bool(cmd.cdw10 >> 15 & 1)
         if lid not in self.LOGS:
@@ -280,7 +292,7 @@ class SimDevice:
                 0x08: dict(value=0), 0x0B: dict(value=0), 0x0C: dict(value=0, data=bytes(256)),
                 0x0E: dict(value=0, data=bytes(8), at=self.now())}[fid]
 
-    def get_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def get_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, sel = cmd.cdw10 & 0xFF, cmd.cdw10 >> 8 & 0x7
         feat = F.FEATURES.get(fid)
         if fid not in self.features or sel > F.SEL_SUPPORTED:
@@ -300,7 +312,7 @@ class SimDevice:
             return ok(ms.to_bytes(6, "little") + value["data"][6:7] + b"\0", dw0=0)
         return ok(value.get("data", b""), dw0=value["value"])
 
-    def set_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def set_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, save = cmd.cdw10 & 0xFF, bool(cmd.cdw10 >> 31)
         if fid not in self.features:
             return fail(S.INVALID_FIELD)
@@ -328,7 +340,7 @@ class SimDevice:
 
     # ------------------------------------------------------------------ firmware, self-test, format
 
-    def fw_download(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def fw_download(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         numd, offset = cmd.cdw10 + 1, cmd.cdw11 * 4
         if len(data_out) != numd * 4:
             return fail(S.INVALID_FIELD)
@@ -339,7 +351,7 @@ class SimDevice:
         self.fw_image += data_out
         return ok()
 
-    def fw_commit(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def fw_commit(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         slot, action = cmd.cdw10 & 0x7, cmd.cdw10 >> 3 & 0x7
         slot = slot or 2
         if slot > 3:
@@ -377,7 +389,7 @@ class SimDevice:
             dsts=code << 4 | result, vdi=L.VDI_NSID, nsid=nsid,
             poh=int((self.now() - self.born) // 3600)))
 
-    def device_self_test(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def device_self_test(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         code = cmd.cdw10 & 0xF
         self._finish_self_test()
         if code == 0xF:
@@ -391,7 +403,7 @@ class SimDevice:
         self.test_running = (code, self.now(), cmd.nsid)
         return ok()
 
-    def format_nvm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def format_nvm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         lbaf = ID.lba_format_index(cmd.cdw10 & 0x7F | (cmd.cdw10 >> 12 & 0x3) << 5)
         targets = list(self.namespaces.values()) if cmd.nsid == L.NSID_ALL else \
             [self.namespaces[cmd.nsid]] if cmd.nsid in self.namespaces else []
@@ -407,7 +419,7 @@ class SimDevice:
                 self.changed_ns.append(ns.nsid)
         return ok()
 
-    def abort(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def abort(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         # The command to abort is found by the queue layer; here nothing is outstanding.
         return ok(dw0=1)    # DW0 bit 0 set: command not aborted
 
@@ -422,7 +434,7 @@ class SimDevice:
             return None, S.LBA_RANGE, 0, 0
         return ns, S.SUCCESS, slba * ns.block_size, nlb * ns.block_size
 
-    def read(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def read(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
@@ -432,7 +444,7 @@ class SimDevice:
         self.counters["bytes_read"] += length
         return ok(ns.store.read(offset, length))
 
-    def write(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def write(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
@@ -443,7 +455,7 @@ class SimDevice:
         self.counters["bytes_written"] += length
         return ok()
 
-    def compare(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def compare(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
@@ -453,7 +465,7 @@ class SimDevice:
         self.counters["bytes_read"] += length
         return ok() if ns.store.read(offset, length) == data_out[:length] else fail(S.COMPARE_FAILED)
 
-    def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
@@ -461,19 +473,19 @@ class SimDevice:
         self.counters["writes"] += 1
         return ok()
 
-    def verify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def verify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, _, _ = self._lba_range(cmd)
         if ns is None:
             return fail(st)
         self.counters["reads"] += 1
         return ok()
 
-    def flush(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def flush(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         if cmd.nsid not in self.namespaces and cmd.nsid != L.NSID_ALL:
             return fail(S.INVALID_NS)
         return ok()
 
-    def dsm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Completion:
+    def dsm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns = self.namespaces.get(cmd.nsid)
         if ns is None:
             return fail(S.INVALID_NS)
