@@ -4,16 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MNT := mnt
-# Debian packages: FUSE 3 and its headers (pyfuse3 builds against them), a C toolchain,
-# the shell tools the tests drive the mount with.
-DEBS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv jq xxd man-db
+# Debian packages: FUSE 3 and its headers (pyfuse3 builds against them), a C toolchain and
+# liburing (the compiled extension), the shell tools the tests drive the mount with, and the
+# QEMU guest of tests/vm with its peers (nvme-cli, fio).
+DEBS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv liburing-dev jq xxd man-db \
+	qemu-system-x86 busybox-static nvme-cli fio
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup run stop test bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py ffi/build_nvme.py
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
@@ -23,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# the guest's kernel and initramfs, cached in .cache/vm (apt-get download needs fresh lists)
+	$(BIN)/python -m tests.vm.assets || { $(SUDO) apt-get update -q && $(BIN)/python -m tests.vm.assets; }
 	touch $@
 
 run: setup stop

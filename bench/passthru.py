@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from nvmefs.backends import Request, open_controller
+from nvmefs.backends import Request, opened
 from nvmefs.spec import commands
 
 DEVICE = "sim:size=1G"
@@ -80,21 +80,20 @@ def through_mount(mnt: str) -> dict:
 
 def direct() -> dict:
     async def main():
-        ctrl = await open_controller(DEVICE)
         out = {}
-        for name, (_, _, make) in WORKLOADS.items():
-            for batch in (1, 8, 64):
-                reqs = [make(i) for i in range(batch)]
-                done, start = 0, time.perf_counter()
-                while time.perf_counter() - start < SECONDS:
-                    await ctrl.submit_batch(reqs)
-                    done += batch
-                out[(name, batch)] = done / (time.perf_counter() - start)
-            start = time.perf_counter()
-            for _ in range(500):
-                await ctrl.submit_batch([make(0)])
-            out[(name, "rtt")] = (time.perf_counter() - start) / 500 * 1e6
-        await ctrl.aclose()
+        async with opened(DEVICE) as ctrl:
+            for name, (_, _, make) in WORKLOADS.items():
+                for batch in (1, 8, 64):
+                    reqs = [make(i) for i in range(batch)]
+                    done, start = 0, time.perf_counter()
+                    while time.perf_counter() - start < SECONDS:
+                        await ctrl.submit_batch(reqs)
+                        done += batch
+                    out[(name, batch)] = done / (time.perf_counter() - start)
+                start = time.perf_counter()
+                for _ in range(500):
+                    await ctrl.submit_batch([make(0)])
+                out[(name, "rtt")] = (time.perf_counter() - start) / 500 * 1e6
         return out
     return trio.run(main)
 

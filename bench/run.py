@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["tree", "passthru"]
+BENCHES = ["tree", "passthru", "vm"]
 
 
 def main() -> int:

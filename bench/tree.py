@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from nvmefs.backends import open_controller
+from nvmefs.backends import opened
 from nvmefs.spec import render
 
 ROUNDS = 2000
@@ -27,23 +27,25 @@ def per_op(fn, rounds: int = ROUNDS) -> float:
 
 
 def direct() -> dict[str, float]:
+    async def timed(fn) -> float:
+        start = time.perf_counter()
+        for _ in range(ROUNDS):
+            await fn()
+        return (time.perf_counter() - start) / ROUNDS * 1e6
+
     async def run():
-        ctrl = await open_controller("sim")
-        out = {}
-        t0 = time.perf_counter()
-        for _ in range(ROUNDS):
-            render.render("id-ctrl", ctrl.id_ctrl_raw, "json")
-        out["identify.json"] = (time.perf_counter() - t0) / ROUNDS * 1e6
-        t0 = time.perf_counter()
-        for _ in range(ROUNDS):
-            await ctrl.get_log(2, 512)
-        out["log/smart"] = (time.perf_counter() - t0) / ROUNDS * 1e6
-        t0 = time.perf_counter()
-        for _ in range(ROUNDS):
-            render.render("smart", (await ctrl.get_log(2, 512)).data, "json")
-        out["log/smart.json"] = (time.perf_counter() - t0) / ROUNDS * 1e6
-        await ctrl.aclose()
-        return out
+        async with opened("sim") as ctrl:
+            async def identify_json():
+                render.render("id-ctrl", ctrl.id_ctrl_raw, "json")
+
+            async def smart():
+                await ctrl.get_log(2, 512)
+
+            async def smart_json():
+                render.render("smart", (await ctrl.get_log(2, 512)).data, "json")
+
+            return {"identify.json": await timed(identify_json), "log/smart": await timed(smart),
+                    "log/smart.json": await timed(smart_json)}
     return trio.run(run)
 
 

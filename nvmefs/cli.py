@@ -35,8 +35,9 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mount", help="mount controllers at MOUNTPOINT")
     m.add_argument("mountpoint")
-    m.add_argument("devices", nargs="+", metavar="DEVICE",
-                   help="sim, sim:key=value,...; one directory each (nvme0, nvme1, ...)")
+    m.add_argument("devices", nargs="*", metavar="DEVICE",
+                   help="/dev/nvmeN, sim, sim:key=value,...; one directory each "
+                        "(default: every controller of this machine)")
     m.add_argument("-f", "--foreground", action="store_true", help="do not daemonize")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users in (file modes decide; implies default_permissions)")
@@ -53,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("umount", help="unmount an nvmefs mount")
     u.add_argument("mountpoint")
+
+    sub.add_parser("list", help="list this machine's NVMe controllers and namespaces")
 
     d = sub.add_parser("decode", help="decode a saved raw structure")
     d.add_argument("--as", dest="kind", required=True, choices=sorted(render.RENDERERS),
@@ -86,6 +89,18 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from .backends.linux import sysfs
+    ctrls = sysfs.controllers()
+    if not ctrls:
+        print("no NVMe controllers (the kernel shows none under /sys/class/nvme)", file=sys.stderr)
+        return 1
+    for c in ctrls:
+        print(f"{c.dev}  {c.model}  sn {c.serial}  fw {c.firmware}  {c.transport} {c.address}  "
+              f"{c.state}  namespaces: {' '.join('/dev/' + ng for ng in c.generic) or '-'}")
+    return 0
+
+
 def cmd_umount(args) -> int:
     from .mount import MountError, unmount
     try:
@@ -113,7 +128,12 @@ def cmd_mount(args) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    opts = MountOptions(os.path.abspath(args.mountpoint), args.devices, args.allow_other,
+    from .backends import local_devices
+    devices = args.devices or local_devices()
+    if not devices:
+        say("nvmefs mount: this machine has no NVMe controllers; name a device (e.g. sim)")
+        return 1
+    opts = MountOptions(os.path.abspath(args.mountpoint), devices, args.allow_other,
                         args.uid, args.gid, args.umask, args.passthru)
     try:
         prepare_mountpoint(opts.mountpoint, say)
@@ -184,7 +204,8 @@ def _wait_for_child(rfd: int, pid: int, mountpoint: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode}[args.command](args)
+    commands = {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode, "list": cmd_list}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

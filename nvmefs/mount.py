@@ -21,12 +21,11 @@ import pyfuse3
 import trio
 
 from . import fs
-from .backends import open_controller
+from .backends import opened
 
 log = logging.getLogger(__name__)
 
 FSNAME = "nvmefs"
-OPEN_TIMEOUT = 120.0          # seconds to open and identify every controller
 MAX_FUSE_TASKS = 512          # concurrent requests (blocking reads each hold one)
 
 
@@ -120,12 +119,8 @@ def controller_names(ctrls) -> list[str]:
 async def serve(opts: MountOptions, ready: Callable[[], None]) -> None:
     """Open every controller, mount, call `ready`, serve until unmount or signal."""
     async with AsyncExitStack() as stack:
-        ctrls = []
-        with trio.fail_after(OPEN_TIMEOUT):
-            for i, uri in enumerate(opts.devices):
-                ctrl = await open_controller(uri, i)
-                stack.push_async_callback(ctrl.aclose)
-                ctrls.append(ctrl)
+        ctrls = [await stack.enter_async_context(opened(uri, i))
+                 for i, uri in enumerate(opts.devices)]
         for ctrl, name in zip(ctrls, controller_names(ctrls), strict=True):
             ctrl.name = name
         ops = fs.build(ctrls, opts.uid, opts.gid, opts.umask, opts.passthru)

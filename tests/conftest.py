@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from nvmefs.backends import open_controller
+from nvmefs.backends import opened
 
 DATA = Path(__file__).parent / "data"
 VECTORS = DATA / "qemu-nvme-cli"
@@ -28,10 +28,7 @@ def pytest_pyfunc_call(pyfuncitem):
 
 @contextlib.asynccontextmanager
 async def controller(uri: str = "sim", index: int = 0):
-    """An opened controller, closed afterwards."""
-    ctrl = await open_controller(uri, index)
-    ctrl.name = f"nvme{index}"
-    try:
+    """An opened controller named nvme<index>, closed afterwards."""
+    async with opened(uri, index) as ctrl:
+        ctrl.name = f"nvme{index}"
         yield ctrl
-    finally:
-        await ctrl.aclose()

@@ -1,18 +1,26 @@
 """Backends behind one async interface (base.Controller), chosen by URI.
 
-  sim[:options]            the simulated controller (sim.config documents options)
-  /dev/nvmeX, linux:...    the Linux kernel's passthrough interfaces (imported lazily)
+  sim[:options]                    the simulated controller (sim.config documents options)
+  /dev/nvmeX, linux:/dev/nvmeX     the Linux kernel's passthrough interfaces (backends.linux,
+                                   imported only when used: it needs the compiled extension)
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from typing import AsyncIterator
+
+import trio
 
 from .base import Controller, ControllerFatal, ControllerGone, Request, TransportError, Unsupported
 
-# scheme -> "module:Class"; modules needing the compiled ffi are imported only when used
+OPEN_TIMEOUT = 120.0       # seconds to open and identify a controller
+
+# scheme -> "module:Class"
 REGISTRY = {
     "sim": "nvmefs.backends.sim:SimController",
+    "linux": "nvmefs.backends.linux:LinuxController",
 }
 
 
@@ -25,21 +33,32 @@ def scheme_of(uri: str) -> str:
 def controller_class(uri: str) -> type[Controller]:
     scheme = scheme_of(uri)
     if scheme not in REGISTRY:
-        raise ValueError(f"unknown device {uri!r}: expected one of "
-                         + ", ".join(f"{s}[:...]" for s in REGISTRY))
+        raise ValueError(f"unknown device {uri!r}: expected sim[:key=value,...] or /dev/nvmeN")
     module, _, name = REGISTRY[scheme].partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-async def open_controller(uri: str, index: int = 0) -> Controller:
-    """Create, start and identify the controller a URI names."""
+@contextlib.asynccontextmanager
+async def opened(uri: str, index: int = 0) -> AsyncIterator[Controller]:
+    """The controller a URI names, started and identified, with a nursery for its
+    background tasks (completion reapers); closed on exit."""
     ctrl = controller_class(uri)(uri, index)
-    try:
-        return await ctrl.start()
-    except BaseException:
-        await ctrl.aclose()
-        raise
+    async with trio.open_nursery() as nursery:
+        ctrl.nursery = nursery
+        try:
+            with trio.fail_after(OPEN_TIMEOUT):
+                await ctrl.start()
+            yield ctrl
+        finally:
+            await ctrl.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def local_devices() -> list[str]:
+    """Controllers of this machine's kernel (empty where there are none)."""
+    from .linux import sysfs
+    return [c.dev for c in sysfs.controllers()]
 
 
 __all__ = ["Controller", "ControllerFatal", "ControllerGone", "Request", "TransportError",
-           "Unsupported", "REGISTRY", "open_controller", "controller_class", "scheme_of"]
+           "Unsupported", "REGISTRY", "opened", "controller_class", "scheme_of", "local_devices"]

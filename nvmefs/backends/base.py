@@ -12,7 +12,7 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
@@ -39,6 +39,11 @@ RESET_TIMEOUT = 30.0
 class TransportError(Exception):
     """The command could not be carried to or from the controller."""
     errno = errno.EIO
+
+    def __init__(self, message: str, err: int | None = None):
+        super().__init__(message)
+        if err is not None:
+            self.errno = err
 
 
 class ControllerGone(TransportError):
@@ -92,6 +97,7 @@ class Controller(ABC):
         self.nsids: list[int] = []
         self._id_ns: dict[int, bytes] = {}
         self.state = "new"
+        self.nursery: trio.Nursery | None = None    # for background tasks, set by backends.opened
         self._stats = Statistics()
 
     # ------------------------------------------------------------------ backend hooks
@@ -138,16 +144,24 @@ class Controller(ABC):
         await self.refresh()
         return self
 
+    def deadline(self, req: Request) -> float:
+        """When `req` times out if sent now."""
+        return trio.current_time() + (DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout)
+
     async def submit(self, req: Request) -> Completion:
         """Carry one command, bounded by its timeout."""
-        timeout = DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout
+        return await self._bounded(req, lambda: self._execute(req), self.deadline(req))
+
+    async def _bounded(self, req: Request, wait: Callable[[], Awaitable[Completion]],
+                       deadline: float) -> Completion:
+        """Await `wait()`, the command's completion, until `deadline`; count it."""
         self._stats.submitted += 1
         self._stats.in_flight += 1
         try:
-            with trio.move_on_after(timeout) as scope:
-                cpl = await self._execute(req)
+            with trio.move_on_at(deadline) as scope:
+                cpl = await wait()
             if scope.cancelled_caught:
-                cpl = await self._timed_out(req, timeout)
+                cpl = await self._timed_out(req)
         except TransportError:
             self._stats.transport_errors += 1
             raise
@@ -158,10 +172,9 @@ class Controller(ABC):
             self._stats.errors += 1
         return cpl
 
-    async def _timed_out(self, req: Request, timeout: float) -> Completion:
+    async def _timed_out(self, req: Request) -> Completion:
         self._stats.timeouts += 1
-        log.warning("%s: %s opcode %#04x timed out after %.3g s; aborting", self.uri, req.queue,
-                    req.cmd.opcode, timeout)
+        log.warning("%s: %s opcode %#04x timed out; aborting", self.uri, req.queue, req.cmd.opcode)
         with trio.move_on_after(RESET_TIMEOUT):
             if not await self._abort(req):
                 await self.reset()

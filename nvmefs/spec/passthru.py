@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from . import status as S
 from .commands import OP_GET_LOG_PAGE, OP_IDENTIFY, log_page_fields, rw_fields
@@ -30,7 +30,7 @@ from .opcodes import (
     is_vendor,
     lookup,
 )
-from .queue import FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion
+from .queue import CQE_LAYOUT, FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion
 
 POLICIES = ("readonly", "all", "off")
 MAX_TIMEOUT_MS = 3_600_000
@@ -62,17 +62,18 @@ class Target:
     effects: Sequence[int] | None = None           # this queue's effects words, if known
 
 
-@dataclass(frozen=True)
-class PassthruRequest:
+class PassthruRequest(NamedTuple):
     cmd: Command            # the caller's entry: its CID is the caller's tag
     data_len: int
     timeout_ms: int
     data_out: bytes
     text: bool
+    data_in_len: int        # data_len for controller-to-host opcodes, else 0
 
-    @property
-    def data_in_len(self) -> int:
-        return self.data_len if direction(self.cmd.opcode) == XFER_FROM_CTRL else 0
+
+def _request(cmd: Command, data_len: int, timeout_ms: int, data_out: bytes, text: bool) -> PassthruRequest:
+    data_in = data_len if direction(cmd.opcode) == XFER_FROM_CTRL else 0
+    return PassthruRequest(cmd, data_len, timeout_ms, data_out, text, data_in)
 
 
 _TEXT_START = frozenset(b"abcdefghijklmnopqrstuvwxyz# \t\r\n")
@@ -107,7 +108,7 @@ def parse_binary(buf: bytes, pos: int) -> tuple[PassthruRequest, int]:
                                truncated=True)
         data = buf[end:end + data_len]
         end += data_len
-    return PassthruRequest(cmd, data_len, timeout_ms, data, False), end
+    return _request(cmd, data_len, timeout_ms, data, False), end
 
 
 _TEXT_KEYS = {"opcode": 0xFF, "flags": 0xFF, "cid": 0xFFFF, "nsid": 0xFFFFFFFF,
@@ -158,7 +159,7 @@ def parse_text_line(line: str) -> PassthruRequest | None:
                   cdw2=fields.get("cdw2", 0), cdw3=fields.get("cdw3", 0),
                   flags=fields.get("flags", 0), cid=fields.get("cid", 0))
     _check_shape(cmd, data_len, fields.get("metadata_len", 0))
-    return PassthruRequest(cmd, data_len, fields.get("timeout_ms", 0), data or b"", True)
+    return _request(cmd, data_len, fields.get("timeout_ms", 0), data or b"", True)
 
 
 def _check_shape(cmd: Command, data_len: int, md_len: int) -> None:
@@ -291,11 +292,15 @@ def status_line(cpl: Completion, data_len: int) -> str:
 
 
 def encode_response(req: PassthruRequest, cpl: Completion) -> bytes:
-    """The bytes a reader gets for one request: fixed framing whatever the status."""
+    """The bytes a reader gets for one request: fixed framing whatever the status.
+    The CID is the caller's; the phase tag is set."""
     data_in = req.data_in_len
-    data = cpl.data[:data_in].ljust(data_in, b"\0") if data_in else b""
-    cpl = Completion(cpl.status, cpl.dw0, cpl.dw1, cpl.sqhd, cpl.sqid, req.cmd.cid)
+    data = cpl.data
+    if len(data) != data_in:
+        data = data[:data_in].ljust(data_in, b"\0")
     if req.text:
+        cpl = cpl._replace(cid=req.cmd.cid)
         return (status_line(cpl, data_in) + xxd(data) + "\n").encode()
-    return cpl.encode(phase=1) + data
+    status_phase = (cpl.status << 1 | 1) & 0xFFFF
+    return CQE_LAYOUT.pack(cpl.dw0, cpl.dw1, cpl.sqhd, cpl.sqid, req.cmd.cid, status_phase) + data
 

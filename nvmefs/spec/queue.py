@@ -14,10 +14,10 @@ SQE_SIZE = 64
 CQE_SIZE = 16
 
 # opcode flags cid nsid cdw2 cdw3 mptr prp1 prp2 cdw10..cdw15 (Figure 88)
-_SQE = struct.Struct("<BBHIIIQQQ6I")
+SQE_LAYOUT = struct.Struct("<BBHIIIQQQ6I")
 # dw0 dw1 sqhd sqid cid status|phase (Figure 90)
-_CQE = struct.Struct("<IIHHHH")
-assert _SQE.size == SQE_SIZE and _CQE.size == CQE_SIZE
+CQE_LAYOUT = struct.Struct("<IIHHHH")
+assert SQE_LAYOUT.size == SQE_SIZE and CQE_LAYOUT.size == CQE_SIZE
 
 FUSE_MASK = 0x03       # CDW0 bits 9:8, flags bits 1:0
 PSDT_MASK = 0xC0       # CDW0 bits 15:14, flags bits 7:6
@@ -41,14 +41,14 @@ class Command(NamedTuple):
     prp2: int = 0
 
     def encode(self) -> bytes:
-        return _SQE.pack(self.opcode, self.flags, self.cid, self.nsid, self.cdw2, self.cdw3,
+        return SQE_LAYOUT.pack(self.opcode, self.flags, self.cid, self.nsid, self.cdw2, self.cdw3,
                          self.mptr, self.prp1, self.prp2, self.cdw10, self.cdw11, self.cdw12,
                          self.cdw13, self.cdw14, self.cdw15)
 
     @classmethod
     def decode(cls, buf: bytes | memoryview) -> "Command":
         (opcode, flags, cid, nsid, cdw2, cdw3, mptr, prp1, prp2,
-         c10, c11, c12, c13, c14, c15) = _SQE.unpack_from(buf)
+         c10, c11, c12, c13, c14, c15) = SQE_LAYOUT.unpack_from(buf)
         return cls(opcode, nsid, c10, c11, c12, c13, c14, c15, cdw2, cdw3, flags, cid, mptr,
                    prp1, prp2)
 
@@ -100,10 +100,10 @@ class Completion(NamedTuple):
         return self.sc == 0 and self.sct == 0
 
     def encode(self, phase: int = 1) -> bytes:
-        return _CQE.pack(self.dw0, self.dw1, self.sqhd, self.sqid, self.cid,
+        return CQE_LAYOUT.pack(self.dw0, self.dw1, self.sqhd, self.sqid, self.cid,
                          (self.status << 1 | phase & 1) & 0xFFFF)
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, data: bytes = b"") -> "Completion":
-        dw0, dw1, sqhd, sqid, cid, sf = _CQE.unpack_from(buf)
+        dw0, dw1, sqhd, sqid, cid, sf = CQE_LAYOUT.unpack_from(buf)
         return cls(sf >> 1, dw0, dw1, sqhd, sqid, cid, data)

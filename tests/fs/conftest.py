@@ -8,7 +8,7 @@ import os
 import trio
 
 from nvmefs import fs
-from nvmefs.backends import open_controller
+from nvmefs.backends import opened
 
 
 class Ctx:
@@ -20,10 +20,10 @@ class Ctx:
 async def mounted_ops(*uris: str, passthru: str = "readonly"):
     """Operations over opened controllers named nvme0, nvme1, ..., with a nursery
     for the work requests leave behind (passthru batches)."""
-    ctrls = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        ctrls = []
         for i, uri in enumerate(uris or ("sim:size=64M",)):
-            ctrl = await open_controller(uri, i)
+            ctrl = await stack.enter_async_context(opened(uri, i))
             ctrl.name = f"nvme{i}"
             ctrls.append(ctrl)
         ops = fs.build(ctrls, os.getuid(), os.getgid(), passthru=passthru)
@@ -31,9 +31,6 @@ async def mounted_ops(*uris: str, passthru: str = "readonly"):
             ops.tree.nursery = nursery
             yield ops, ctrls
             nursery.cancel_scope.cancel()
-    finally:
-        for c in ctrls:
-            await c.aclose()
 
 
 async def inode_of(ops, path: str) -> int:

@@ -65,10 +65,11 @@ def nvmefs(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Co
 
 
 @contextlib.contextmanager
-def foreground(mnt: Path, *devices: str, args: tuple[str, ...] = ()):
-    """`nvmefs mount -f` as a child process; unmounted (and waited for) afterwards."""
+def foreground(mnt: Path, *devices: str, args: tuple[str, ...] = (), default=("sim",)):
+    """`nvmefs mount -f` as a child process; unmounted (and waited for) afterwards.
+    No devices: `default` (pass () to mount every local controller)."""
     mnt.mkdir(exist_ok=True)
-    proc = subprocess.Popen([NVMEFS, "mount", "-f", *args, str(mnt), *(devices or ("sim",))],
+    proc = subprocess.Popen([NVMEFS, "mount", "-f", *args, str(mnt), *(devices or default)],
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: is_mounted(mnt) or proc.poll() is not None, 30, "mount")

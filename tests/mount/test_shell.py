@@ -6,6 +6,8 @@ import signal
 import stat
 import subprocess
 
+import pytest
+
 from .conftest import foreground, is_mounted, nvmefs, sh, wait_for
 
 
@@ -140,3 +142,14 @@ def test_decode_a_saved_blob(mnt, tmp_path):
     assert text.startswith("vid ")
     r = nvmefs("decode", "--as", "id-ctrl", str(tmp_path / "smart.bin"), check=False)
     assert r.returncode == 1 and "needs at least 4096 bytes" in r.stderr
+
+
+def test_list_and_mount_without_a_device_on_a_machine_without_nvme(mnt):
+    if os.path.isdir("/sys/class/nvme") and os.listdir("/sys/class/nvme"):
+        pytest.skip("this machine has NVMe controllers")
+    r = nvmefs("list", check=False)
+    assert r.returncode == 1 and "no NVMe controllers" in r.stderr
+    mnt.mkdir()
+    r = nvmefs("mount", str(mnt), check=False)
+    assert r.returncode == 1 and "no NVMe controllers; name a device" in r.stderr
+    assert not is_mounted(mnt)

@@ -1,0 +1,106 @@
+"""nvmefs against nvme-cli and fio on QEMU's NVMe controller through the Linux driver.
+
+Runs inside the guest of tests/vm (bench/vm.py boots it), all in one boot:
+(a) 4 KiB random reads through passthru/io, at most QD requests in flight
+    (batches of QD/2, two in flight), against fio --ioengine=io_uring_cmd on
+    the same /dev/ng0n1: IOPS and ratio (target >= 0.8 at QD 32);
+(b) `cat log/smart.json` as a new process each time against
+    `nvme smart-log -o json` as a new process each time (target ratio <= 1.0);
+(c) 1000 SMART reads from one Python process through the mount against 1000
+    nvme-cli invocations.
+"""
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECONDS = 5
+NG = "/dev/ng0n1"
+NVMEFS = str(Path(sys.executable).parent / "nvmefs")
+
+
+def fio_iops(qd: int) -> float:
+    r = subprocess.run(["fio", "--name=r", f"--filename={NG}", "--ioengine=io_uring_cmd",
+                        "--cmd_type=nvme", "--rw=randread", "--bs=4k", f"--iodepth={qd}",
+                        "--time_based", f"--runtime={SECONDS}", "--size=512M",
+                        "--output-format=json"], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)["jobs"][0]["read"]["iops"]
+
+
+def mailbox_iops(mnt: str, qd: int) -> float:
+    """At most `qd` reads in flight: batches of qd/2 (1 at QD 1), two outstanding.
+    Requests are built before the clock starts, so the client costs little."""
+    blocks = 512 * 1024 * 1024 // 4096               # 4 KiB units in the first 512 MiB
+    rng = random.Random(qd)
+    batch = max(1, qd // 2)
+    pool = [b"".join(struct.pack("<BBHIIIQIIII6I", 0x02, 0, i, 1, 0, 0, 0, 4096, 0, 0, 0,
+                                 rng.randrange(blocks) * 8, 0, 7, 0, 0, 0) for i in range(batch))
+            for _ in range(256)]
+    fd = os.open(os.path.join(mnt, "nvme0/passthru/io"), os.O_RDWR)
+    want = batch * (16 + 4096)
+    in_flight = done = sent = 0
+    pending = bytearray()
+    start = time.perf_counter()
+    while time.perf_counter() - start < SECONDS or in_flight:
+        while in_flight + batch <= qd and time.perf_counter() - start < SECONDS:
+            os.write(fd, pool[sent % len(pool)])
+            sent += 1
+            in_flight += batch
+        while len(pending) < want:
+            pending += os.read(fd, 1 << 20)
+        del pending[:want]
+        in_flight -= batch
+        done += batch
+    elapsed = time.perf_counter() - start
+    os.close(fd)
+    return done / elapsed
+
+
+def per_run(cmd: list[str], rounds: int) -> float:
+    start = time.perf_counter()
+    for _ in range(rounds):
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - start) / rounds
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mnt = os.path.join(tmp, "mnt")
+        os.mkdir(mnt)
+        subprocess.run([NVMEFS, "mount", mnt, "/dev/nvme0"], check=True)
+        try:
+            print("(a) 4 KiB random read IOPS: passthru/io batches vs fio io_uring_cmd")
+            print(f"{'QD':>4}{'nvmefs':>10}{'fio':>10}{'ratio':>8}")
+            for qd in (1, 8, 32):
+                mine, peer = mailbox_iops(mnt, qd), fio_iops(qd)
+                print(f"{qd:>4}{mine:>10.0f}{peer:>10.0f}{mine / peer:>8.2f}", flush=True)
+
+            smart = os.path.join(mnt, "nvme0/log/smart.json")
+            rounds = 30
+            cat = per_run(["cat", smart], rounds)
+            cli = per_run(["nvme", "smart-log", "/dev/nvme0", "-o", "json"], rounds)
+            print("(b) a new process per SMART read (ms each)")
+            print(f"    cat log/smart.json {cat * 1e3:.1f}   nvme smart-log -o json {cli * 1e3:.1f}"
+                  f"   ratio {cat / cli:.2f}", flush=True)
+
+            start = time.perf_counter()
+            for _ in range(1000):
+                with open(smart, "rb") as f:
+                    json.loads(f.read())
+            mine = time.perf_counter() - start
+            cli_1000 = per_run(["nvme", "smart-log", "/dev/nvme0", "-o", "json"], 100) * 1000
+            print("(c) 1000 SMART reads (s in all; nvme-cli extrapolated from 100 runs)")
+            print(f"    one Python process through the mount {mine:.2f}   "
+                  f"1000 nvme-cli invocations {cli_1000:.2f}   ratio {mine / cli_1000:.3f}")
+        finally:
+            subprocess.run([NVMEFS, "umount", mnt], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The `linux` backend: a controller the kernel's NVMe driver owns, through its
+passthrough interfaces (DESIGN §6).
+
+Admin commands go to /dev/nvmeX as io_uring NVME_URING_CMD_ADMIN (or, with
+`?admin=ioctl`, as NVME_IOCTL_ADMIN64_CMD in worker threads); I/O commands go to
+the namespace's /dev/ngXnY as NVME_URING_CMD_IO. All share one ring per
+controller; a batch is queued with one io_uring_enter. The kernel enforces each
+command's timeout itself (timeout_ms), aborting or resetting as it does for its
+own commands.
+
+URIs: /dev/nvmeX, linux:/dev/nvmeX, linux:nvmeX, optionally ?admin=ioctl.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Sequence
+
+import trio
+
+from ...spec import status
+from ...spec.opcodes import ADMIN
+from ...spec.queue import Completion
+from ..base import (
+    DEFAULT_TIMEOUT,
+    RESET_TIMEOUT,
+    Controller,
+    ControllerGone,
+    Request,
+    TransportError,
+)
+from . import sysfs
+from .ffi import ffi, lib
+from .ring import Ring
+
+ADMIN_THREADS = 4           # ioctl mode: admin commands in flight at once
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """(controller name, admin path) of a linux URI."""
+    path, _, query = uri.removeprefix("linux:").partition("?")
+    name = os.path.basename(path)
+    if not sysfs.NAME.fullmatch(name):
+        raise ValueError(f"{uri!r}: expected /dev/nvmeN (a controller, not a namespace)")
+    admin = dict(p.partition("=")[::2] for p in query.split("&") if p).get("admin", "uring")
+    if admin not in ("uring", "ioctl"):
+        raise ValueError(f"{uri!r}: admin= must be uring or ioctl")
+    return name, admin
+
+
+def kernel_error(err: int, what: str) -> TransportError:
+    """A negative result from the kernel, with what to do about it."""
+    if err in (errno.ENODEV, errno.ENXIO):
+        return ControllerGone(f"{what}: the controller is gone ({os.strerror(err)})")
+    if err in (errno.EACCES, errno.EPERM):
+        return TransportError(f"{what}: the kernel refused the command ({os.strerror(err)}); "
+                              "passthrough needs root (CAP_SYS_ADMIN) or, from Linux 6.2, "
+                              "read/write access to the device for some commands", errno.EACCES)
+    return TransportError(f"{what}: {os.strerror(err)}", err)
+
+
+def _timeout_ms(req: Request) -> int:
+    """The command's timeout for the kernel to enforce."""
+    return max(1, int((DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout) * 1000))
+
+
+def completion(res: int, result: int, data: bytes, cid: int, what: str) -> Completion:
+    """One decoder for ioctl and uring results: 0, a positive NVMe status, or -errno."""
+    if res < 0:
+        raise kernel_error(-res, what)
+    return Completion(res & 0x7FFF, result & 0xFFFFFFFF, result >> 32, 0, 0, cid, data)
+
+
+class LinuxController(Controller):
+    backend = "linux"
+
+    def __init__(self, uri: str, index: int = 0):
+        super().__init__(uri)
+        self.sysname, self.admin_path = parse_uri(uri)
+        self.sys = sysfs.controller(self.sysname)
+        self.fd = -1
+        self.ng: dict[int, int] = {}            # nsid -> fd of /dev/ngXnY
+        self.ring: Ring | None = None
+        self._threads = trio.CapacityLimiter(ADMIN_THREADS)
+
+    @property
+    def preferred_name(self) -> str:
+        return self.sysname
+
+    def info(self) -> dict[str, str]:
+        return {"backend": "linux", "address": self.sys.address or self.sys.dev,
+                "transport": self.sys.transport, "device": self.sys.dev,
+                "admin": self.admin_path}
+
+    @property
+    def max_transfer(self) -> int:
+        mdts, kernel = super().max_transfer, self.sys.max_transfer_kernel()
+        return min(x for x in (mdts, kernel) if x) if mdts or kernel else 0
+
+    async def _start(self) -> None:
+        try:
+            self.fd = os.open(self.sys.dev, os.O_RDWR | os.O_CLOEXEC)
+            for ng in self.sys.generic:
+                fd = os.open(f"/dev/{ng}", os.O_RDWR | os.O_CLOEXEC)
+                self.ng[fcntl.ioctl(fd, lib.NVME_IOCTL_ID)] = fd
+        except OSError as e:
+            await self.aclose()
+            raise kernel_error(e.errno, e.filename or self.sys.dev) from None
+        try:
+            self.ring = Ring()
+        except OSError as e:
+            await self.aclose()
+            raise TransportError(str(e), e.errno) from None
+        self.nursery.start_soon(self.ring.run)
+
+    async def aclose(self) -> None:
+        for fd in [self.fd, *self.ng.values()]:
+            if fd >= 0:
+                os.close(fd)
+        self.fd, self.ng = -1, {}
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        await super().aclose()
+
+    # ------------------------------------------------------------------ commands
+
+    def _route(self, req: Request) -> tuple[int, int]:
+        """The file descriptor and uring cmd_op a command goes to."""
+        if req.queue == ADMIN:
+            return self.fd, lib.NVME_URING_CMD_ADMIN
+        fd = self.ng.get(req.cmd.nsid, -1)
+        if fd < 0:
+            raise TransportError(f"{self.sysname}: no /dev/ng device for nsid {req.cmd.nsid}",
+                                 errno.ENXIO)
+        return fd, lib.NVME_URING_CMD_IO
+
+    async def submit(self, req: Request) -> Completion:
+        if req.queue == ADMIN and self.admin_path == "ioctl":
+            return await super().submit(req)
+        return (await self.submit_batch([req]))[0]
+
+    async def _execute(self, req: Request) -> Completion:
+        """Admin by NVME_IOCTL_ADMIN64_CMD in a worker thread (?admin=ioctl)."""
+        length = len(req.data_out) or req.data_in_len
+        buf = ffi.gc(lib.nvmefs_alloc(length), lib.nvmefs_free) if length else ffi.NULL
+        if req.data_out:
+            ffi.memmove(buf, req.data_out, length)
+        result = ffi.new("uint64_t *")
+        res = await trio.to_thread.run_sync(
+            lib.nvmefs_ioctl, self.fd, lib.NVME_IOCTL_ADMIN64_CMD, req.cmd.encode(), buf, length,
+            _timeout_ms(req), result, limiter=self._threads, abandon_on_cancel=True)
+        data = bytes(ffi.buffer(buf, req.data_in_len)) if req.data_in_len else b""
+        return completion(res, result[0], data, req.cmd.cid, self._what(req))
+
+    def _what(self, req: Request) -> str:
+        return f"{self.sysname}: {req.queue} opcode {req.cmd.opcode:#04x}"
+
+    async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
+        """The whole batch goes to the ring in one submission; its commands share one
+        data buffer (page aligned pieces) and one wait, bounded by the latest
+        deadline. Commands still out then are answered host-aborted (the driver
+        aborts them with its own timeout, set to theirs)."""
+        if self.admin_path == "ioctl" and any(r.queue == ADMIN for r in reqs):
+            return await super().submit_batch(reqs)
+        n = len(reqs)
+        sizes = [len(r.data_out) or r.data_in_len for r in reqs]
+        total = sum((size + 4095) & ~4095 for size in sizes)
+        buf = ffi.gc(lib.nvmefs_alloc(total), lib.nvmefs_free) if total else ffi.NULL
+        sqes = b"".join(r.cmd.encode() for r in reqs)
+        sqe = ffi.from_buffer(sqes)
+        creqs = ffi.new("struct nvmefs_req[]", n)
+        offsets, off = [], 0
+        for i, (req, size) in enumerate(zip(reqs, sizes, strict=True)):
+            c = creqs[i]
+            c.fd, c.cmd_op = self._route(req)
+            c.sqe, c.timeout_ms = sqe + 64 * i, _timeout_ms(req)
+            if size:
+                c.data, c.data_len = buf + off, size
+                if req.data_out:
+                    ffi.memmove(buf + off, req.data_out, size)
+            offsets.append(off)
+            off += (size + 4095) & ~4095
+        deadline = max(self.deadline(r) for r in reqs)
+        stats = self._stats
+        stats.submitted += n
+        stats.in_flight += n
+        try:
+            pending = await self.ring.submit(creqs, n, (buf, sqe, sqes))
+            with trio.move_on_at(deadline):
+                await pending.done.wait()
+        finally:
+            stats.in_flight -= n
+        return self._completions(reqs, pending, buf, offsets)
+
+    def _completions(self, reqs: Sequence[Request], pending, buf, offsets) -> list[Completion]:
+        out, failure = [], None
+        for i, req in enumerate(reqs):
+            slot = pending.slots[i]
+            if slot.res == -errno.EINPROGRESS:          # past its deadline, still out
+                self._stats.timeouts += 1
+                out.append(Completion(status.HOST_ABORTED, cid=req.cmd.cid))
+                continue
+            data = bytes(ffi.buffer(buf + offsets[i], req.data_in_len)) if req.data_in_len else b""
+            try:
+                out.append(completion(slot.res, slot.result, data, req.cmd.cid, self._what(req)))
+            except TransportError as e:
+                failure = failure or e
+        if failure:
+            self._stats.transport_errors += 1
+            raise failure
+        self._stats.completed += len(out)
+        self._stats.errors += sum(not c.ok for c in out)
+        return out
+
+    async def _abort(self, req: Request) -> bool:
+        return True         # the driver's own timeout handling aborts it (or resets)
+
+    async def _reset(self) -> None:
+        try:
+            with trio.fail_after(RESET_TIMEOUT):
+                await trio.to_thread.run_sync(fcntl.ioctl, self.fd, lib.NVME_IOCTL_RESET,
+                                              abandon_on_cancel=True)
+        except OSError as e:
+            raise kernel_error(e.errno, f"{self.sysname}: reset") from None
+
+    def statistics(self):
+        stats = super().statistics()
+        if self.ring is not None:
+            stats.extra.update(ring_submit_calls=self.ring.submit_calls,
+                               ring_completions=self.ring.completions,
+                               ring_batches_in_flight=len(self.ring.pending))
+        return stats

@@ -1,0 +1,1 @@
+"""QEMU guest test harness: see README.md. Standard library only."""
