@@ -144,9 +144,14 @@ class Controller(ABC):
         await self.refresh()
         return self
 
+    @staticmethod
+    def timeout_of(req: Request) -> float:
+        """The command's timeout in seconds: its own, or its queue's default."""
+        return DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout
+
     def deadline(self, req: Request) -> float:
         """When `req` times out if sent now."""
-        return trio.current_time() + (DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout)
+        return trio.current_time() + self.timeout_of(req)
 
     async def submit(self, req: Request) -> Completion:
         """Carry one command, bounded by its timeout."""

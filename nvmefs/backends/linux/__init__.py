@@ -24,7 +24,6 @@ from ...spec import status
 from ...spec.opcodes import ADMIN
 from ...spec.queue import Completion
 from ..base import (
-    DEFAULT_TIMEOUT,
     RESET_TIMEOUT,
     Controller,
     ControllerGone,
@@ -63,7 +62,7 @@ def kernel_error(err: int, what: str) -> TransportError:
 
 def _timeout_ms(req: Request) -> int:
     """The command's timeout for the kernel to enforce."""
-    return max(1, int((DEFAULT_TIMEOUT[req.queue] if req.timeout is None else req.timeout) * 1000))
+    return max(1, int(Controller.timeout_of(req) * 1000))
 
 
 def completion(res: int, result: int, data: bytes, cid: int, what: str) -> Completion:
@@ -104,7 +103,11 @@ class LinuxController(Controller):
             self.fd = os.open(self.sys.dev, os.O_RDWR | os.O_CLOEXEC)
             for ng in self.sys.generic:
                 fd = os.open(f"/dev/{ng}", os.O_RDWR | os.O_CLOEXEC)
-                self.ng[fcntl.ioctl(fd, lib.NVME_IOCTL_ID)] = fd
+                try:
+                    self.ng[fcntl.ioctl(fd, lib.NVME_IOCTL_ID)] = fd
+                except OSError:
+                    os.close(fd)
+                    raise
         except OSError as e:
             await self.aclose()
             raise kernel_error(e.errno, e.filename or self.sys.dev) from None
