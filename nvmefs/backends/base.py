@@ -12,7 +12,7 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 
 import trio
 
@@ -61,8 +61,7 @@ class Unsupported(TransportError):
     errno = errno.EOPNOTSUPP
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One command for a queue: data goes out (host to controller) or comes in."""
     queue: str                      # ADMIN or IO
     cmd: Command
