@@ -63,13 +63,23 @@ def mounts_at(mountpoint: str) -> list[str]:
     return found
 
 
-def prepare_mountpoint(mountpoint: str, say: Callable[[str], None]) -> None:
-    """Refuse a live nvmefs mount; detach a stale one left by a killed daemon."""
+def stale(mountpoint: str) -> bool:
+    """True if a FUSE daemon that is gone left `mountpoint` mounted. Listing asks the
+    daemon (stat may answer from attributes the kernel still holds)."""
     try:
         os.stat(mountpoint)
+        if os.path.isdir(mountpoint):
+            os.listdir(mountpoint)
     except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            raise MountError(f"{mountpoint}: {e.strerror}") from None
+        if e.errno == errno.ENOTCONN:
+            return True
+        raise MountError(f"{mountpoint}: {e.strerror}") from None
+    return False
+
+
+def prepare_mountpoint(mountpoint: str, say: Callable[[str], None]) -> None:
+    """Refuse a live nvmefs mount; detach a stale one left by a killed daemon."""
+    if stale(mountpoint):
         detach(mountpoint)
         say(f"nvmefs: {mountpoint} was left mounted by a daemon that is gone "
             "(Transport endpoint is not connected); detached it and mounting again")
@@ -94,13 +104,9 @@ def detach(mountpoint: str) -> None:
 
 def unmount(mountpoint: str) -> None:
     """`nvmefs umount`: unmount, detaching if the daemon is already gone."""
-    try:
-        os.stat(mountpoint)
-    except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            detach(mountpoint)
-            return
-        raise MountError(f"{mountpoint}: {e.strerror}") from None
+    if stale(mountpoint):
+        detach(mountpoint)
+        return
     if not any(t.startswith("fuse") for t in mounts_at(mountpoint)):
         raise MountError(f"{mountpoint}: not mounted")
     r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True,

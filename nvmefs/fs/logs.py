@@ -62,6 +62,8 @@ class LargeLogHandle(Handle):
 
 
 class LargeLogFile(File):
+    attr_timeout = 0.0      # a new capture may change its size
+
     def __init__(self, name: str, ctrl: Controller, page: L.LogPage):
         super().__init__(name)
         self.ctrl, self.page = ctrl, page

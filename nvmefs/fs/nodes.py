@@ -22,6 +22,9 @@ Fetch = Callable[[], Awaitable[bytes]]
 
 class Node:
     perm = 0o444
+    # How long the kernel may keep the attributes (it checks permissions on every
+    # path component with them): nodes whose size follows their content say 0.
+    attr_timeout = 1.0
 
     def __init__(self, name: str):
         self.name = name
@@ -83,6 +86,8 @@ class SnapshotFile(File):
         self.fetch = fetch
         self.fixed_size = fixed_size
         self.last_size: int | None = None
+        if fixed_size is None:
+            self.attr_timeout = 0.0
 
     async def size(self) -> int:
         if self.fixed_size is not None:
@@ -181,7 +186,7 @@ class Tree:
         a.st_blocks = (a.st_size + 511) // 512
         ns = int(self.now * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
-        a.attr_timeout = 0
+        a.attr_timeout = node.attr_timeout
         a.entry_timeout = 1
         return a
 

@@ -75,6 +75,7 @@ class Batch:
 class Mailbox(File):
     """A file in passthru/: `admin`, `io`, or a private `admin.NAME` / `io.NAME`."""
     writable = True
+    attr_timeout = 0.0      # its size is its last answer's
 
     def __init__(self, name: str, ctrl: Controller, queue: str, targets: Targets,
                  uid: int | None = None, gid: int | None = None):
