@@ -4,7 +4,10 @@ import json
 import os
 import signal
 import stat
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +156,25 @@ def test_list_and_mount_without_a_device_on_a_machine_without_nvme(mnt):
     r = nvmefs("mount", str(mnt), check=False)
     assert r.returncode == 1 and "no NVMe controllers; name a device" in r.stderr
     assert not is_mounted(mnt)
+
+
+def test_allow_other_lets_the_file_modes_decide():
+    base = Path(tempfile.mkdtemp(prefix="nvmefs-other-"))    # pytest's tmp is 0700: not here
+    base.chmod(0o755)
+    mnt = base / "mnt"
+
+    def as_nobody(cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+
+    try:
+        with foreground(mnt, args=("--allow-other",)):
+            assert as_nobody(f"jq -r .mn {mnt}/nvme0/identify.json").returncode == 0
+        with foreground(mnt, args=("--allow-other", "--umask", "007")):
+            r = as_nobody(f"cat {mnt}/nvme0/identify.json")
+            assert r.returncode and "Permission denied" in r.stderr
+        with foreground(mnt):                # without it, only the owner gets in
+            r = as_nobody(f"ls {mnt}")
+            assert r.returncode and "Permission denied" in r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

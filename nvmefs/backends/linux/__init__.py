@@ -232,7 +232,5 @@ class LinuxController(Controller):
     def statistics(self):
         stats = super().statistics()
         if self.ring is not None:
-            stats.extra.update(ring_submit_calls=self.ring.submit_calls,
-                               ring_completions=self.ring.completions,
-                               ring_batches_in_flight=len(self.ring.pending))
+            stats.extra.update(self.ring.statistics())
         return stats

@@ -102,6 +102,10 @@ class Ring:
             if k < DONE_PER_REAP:
                 return
 
+    def statistics(self) -> dict[str, int]:
+        return {"ring_submit_calls": self.submit_calls, "ring_completions": self.completions,
+                "ring_batches_in_flight": len(self.pending), "ring_free_entries": self.free}
+
     def close(self) -> None:
         lib.nvmefs_ring_close(self.ring)
         os.close(self.efd)
