@@ -57,7 +57,7 @@ class ControllerFatal(TransportError):
 
 
 class Unsupported(TransportError):
-    """The backend cannot do this at all (e.g. CDQ on a kernel without the ioctl)."""
+    """The backend cannot do this at all (e.g. Linux without the compiled extension)."""
     errno = errno.EOPNOTSUPP
 
 

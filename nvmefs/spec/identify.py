@@ -154,20 +154,19 @@ def text_id_ns(d: Mapping[str, Any]) -> str:
     return kv_text(pairs)
 
 
-def encode_id_ctrl(values: Mapping[str, Any], psds: list[Mapping[str, int]]) -> bytes:
-    buf = ID_CTRL.encode(values)
-    for i, p in enumerate(psds):
-        start = PSD_OFFSET + i * PSD_SIZE
-        buf[start:start + PSD_SIZE] = PSD.encode(p)
+def _encode_array(buf: bytearray, layout: Layout, offset: int, items: list[Mapping[str, int]]) -> bytes:
+    for i, item in enumerate(items):
+        start = offset + i * layout.size
+        buf[start:start + layout.size] = layout.encode(item)
     return bytes(buf)
+
+
+def encode_id_ctrl(values: Mapping[str, Any], psds: list[Mapping[str, int]]) -> bytes:
+    return _encode_array(ID_CTRL.encode(values), PSD, PSD_OFFSET, psds)
 
 
 def encode_id_ns(values: Mapping[str, Any], lbafs: list[Mapping[str, int]]) -> bytes:
-    buf = ID_NS.encode(values)
-    for i, f in enumerate(lbafs):
-        start = LBAF_OFFSET + i * LBAF_SIZE
-        buf[start:start + LBAF_SIZE] = LBAF.encode(f)
-    return bytes(buf)
+    return _encode_array(ID_NS.encode(values), LBAF, LBAF_OFFSET, lbafs)
 
 
 def decode_ns_list(buf: bytes) -> list[int]:
