@@ -230,7 +230,7 @@ def validate(req: PassthruRequest, t: Target) -> None:
     if req.timeout_ms > MAX_TIMEOUT_MS:
         raise RequestError(errno.ERANGE, f"timeout_ms={req.timeout_ms} is above {MAX_TIMEOUT_MS}")
     if t.queue == IO and t.namespaces is not None:
-        if cmd.nsid not in t.namespaces and not (op == 0x00 and cmd.nsid == 0xFFFFFFFF):
+        if cmd.nsid not in t.namespaces:
             raise RequestError(errno.ENXIO, f"nsid={cmd.nsid} is not an active namespace")
         _check_lba_data(req, t.namespaces.get(cmd.nsid, 0))
     if t.queue == ADMIN:

@@ -115,6 +115,7 @@ def test_malformed_requests(write, err):
     (ADMIN_T, binary(0x7C), errno.EPERM),                               # doorbell buffer config
     (ADMIN_T, binary(0x45), errno.EPERM),                               # CDQ: its memory is ours
     (IO_T, binary(0x02, nsid=3, data_len=512), errno.ENXIO),
+    (IO_T, binary(0x00, nsid=0xFFFFFFFF), errno.ENXIO),                 # no broadcast flush
     (IO_T, binary(0x02, nsid=1, cdw12=7, data_len=512), errno.EINVAL),  # 8 blocks need 4096
     (IO_T, binary(0x02, nsid=2, cdw12=0, data_len=512), errno.EINVAL),  # 4 KiB blocks
     (IO_T, binary(0x08, nsid=1, data_len=0, cdw12=3) + b"", None),
