@@ -43,11 +43,7 @@ class FeatureFile(SnapshotFile):
     def __init__(self, name: str, ctrl: Controller, fid: int, policy: str):
         super().__init__(name, feature_fetch(ctrl, fid))
         self.ctrl, self.fid = ctrl, fid
-        try:
-            P.check_policy(policy, ADMIN, OP_SET_FEATURES)
-            self.writable = True
-        except P.RequestError:
-            self.writable = False
+        self.writable = P.admits(policy, ADMIN, OP_SET_FEATURES)
 
     @property
     def perm(self) -> int:

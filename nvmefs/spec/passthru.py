@@ -237,18 +237,22 @@ def validate(req: PassthruRequest, t: Target) -> None:
         _check_admin_data(req)
 
 
-def check_policy(policy: str, queue: str, op: int, effect: int | None = None) -> None:
+def admits(policy: str, queue: str, op: int, effect: int | None = None) -> bool:
     """readonly admits only known side-effect-free opcodes the effects log (if any)
     marks without LBCC/NCC/NIC/CCC/CSE; all admits everything; off nothing."""
-    if policy == "all":
-        return
-    if policy == "off":
-        raise RequestError(errno.EACCES, "passthru is off (--passthru=off)")
+    if policy != "readonly":
+        return policy == "all"
     known = lookup(queue, op)
-    free = known is not None and known.read_only and not is_vendor(queue, op) \
+    return known is not None and known.read_only and not is_vendor(queue, op) \
         and not (known.effects & INTRUSIVE) and (effect is None or not effect & INTRUSIVE)
-    if not free:
-        raise RequestError(errno.EACCES, f"opcode {op:#04x} has side effects; needs --passthru=all")
+
+
+def check_policy(policy: str, queue: str, op: int, effect: int | None = None) -> None:
+    """RequestError (EACCES) unless the policy admits the opcode."""
+    if not admits(policy, queue, op, effect):
+        why = "passthru is off (--passthru=off)" if policy == "off" else \
+            f"opcode {op:#04x} has side effects; needs --passthru=all"
+        raise RequestError(errno.EACCES, why)
 
 
 def _check_lba_data(req: PassthruRequest, block: int) -> None:

@@ -65,6 +65,20 @@ def _timeout_ms(req: Request) -> int:
     return max(1, int(Controller.timeout_of(req) * 1000))
 
 
+def _buffers(reqs: Sequence[Request]) -> tuple[object, list[int]]:
+    """One page-aligned buffer for the data of all `reqs` (each piece page aligned),
+    holding their data out; the offset of each piece."""
+    offsets, total = [], 0
+    for req in reqs:
+        offsets.append(total)
+        total += ((len(req.data_out) or req.data_in_len) + 4095) & ~4095
+    buf = ffi.gc(lib.nvmefs_alloc(total), lib.nvmefs_free) if total else ffi.NULL
+    for req, off in zip(reqs, offsets, strict=True):
+        if req.data_out:
+            ffi.memmove(buf + off, req.data_out, len(req.data_out))
+    return buf, offsets
+
+
 def completion(res: int, result: int, data: bytes, cid: int, what: str) -> Completion:
     """One decoder for ioctl and uring results: 0, a positive NVMe status, or -errno."""
     if res < 0:
@@ -147,14 +161,12 @@ class LinuxController(Controller):
 
     async def _execute(self, req: Request) -> Completion:
         """Admin by NVME_IOCTL_ADMIN64_CMD in a worker thread (?admin=ioctl)."""
-        length = len(req.data_out) or req.data_in_len
-        buf = ffi.gc(lib.nvmefs_alloc(length), lib.nvmefs_free) if length else ffi.NULL
-        if req.data_out:
-            ffi.memmove(buf, req.data_out, length)
+        buf, _ = _buffers([req])
         result = ffi.new("uint64_t *")
         res = await trio.to_thread.run_sync(
-            lib.nvmefs_ioctl, self.fd, lib.NVME_IOCTL_ADMIN64_CMD, req.cmd.encode(), buf, length,
-            _timeout_ms(req), result, limiter=self._threads, abandon_on_cancel=True)
+            lib.nvmefs_ioctl, self.fd, lib.NVME_IOCTL_ADMIN64_CMD, req.cmd.encode(), buf,
+            len(req.data_out) or req.data_in_len, _timeout_ms(req), result,
+            limiter=self._threads, abandon_on_cancel=True)
         data = bytes(ffi.buffer(buf, req.data_in_len)) if req.data_in_len else b""
         return completion(res, result[0], data, req.cmd.cid, self._what(req))
 
@@ -169,23 +181,16 @@ class LinuxController(Controller):
         if self.admin_path == "ioctl" and any(r.queue == ADMIN for r in reqs):
             return await super().submit_batch(reqs)
         n = len(reqs)
-        sizes = [len(r.data_out) or r.data_in_len for r in reqs]
-        total = sum((size + 4095) & ~4095 for size in sizes)
-        buf = ffi.gc(lib.nvmefs_alloc(total), lib.nvmefs_free) if total else ffi.NULL
+        buf, offsets = _buffers(reqs)
         sqes = b"".join(r.cmd.encode() for r in reqs)
         sqe = ffi.from_buffer(sqes)
         creqs = ffi.new("struct nvmefs_req[]", n)
-        offsets, off = [], 0
-        for i, (req, size) in enumerate(zip(reqs, sizes, strict=True)):
+        for i, (req, off) in enumerate(zip(reqs, offsets, strict=True)):
             c = creqs[i]
             c.fd, c.cmd_op = self._route(req)
             c.sqe, c.timeout_ms = sqe + 64 * i, _timeout_ms(req)
-            if size:
-                c.data, c.data_len = buf + off, size
-                if req.data_out:
-                    ffi.memmove(buf + off, req.data_out, size)
-            offsets.append(off)
-            off += (size + 4095) & ~4095
+            if len(req.data_out) or req.data_in_len:
+                c.data, c.data_len = buf + off, len(req.data_out) or req.data_in_len
         deadline = max(self.deadline(r) for r in reqs)
         stats = self._stats
         stats.submitted += n
