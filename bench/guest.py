@@ -13,12 +13,14 @@ Runs inside the guest of tests/vm (bench/vm.py boots it), all in one boot:
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from nvmefs.spec.commands import OP_READ
+from nvmefs.spec.passthru import encode_request
 
 SECONDS = 5
 NG = "/dev/ng0n1"
@@ -39,8 +41,8 @@ def mailbox_iops(mnt: str, qd: int) -> float:
     Requests are built before the clock starts, so the client costs little."""
     blocks = 512 * 1024 * 1024 // 4096               # 4 KiB units in the first 512 MiB
     rng = random.Random(qd)
-    pool = [b"".join(struct.pack("<BBHIIIQIIII6I", 0x02, 0, i, 1, 0, 0, 0, 4096, 0, 0, 0,
-                                 rng.randrange(blocks) * 8, 0, 7, 0, 0, 0) for i in range(qd))
+    pool = [b"".join(encode_request(OP_READ, cid=i, nsid=1, cdw10=rng.randrange(blocks) * 8,
+                                    cdw12=7, data_len=4096) for i in range(qd))
             for _ in range(256)]
     fd = os.open(os.path.join(mnt, "nvme0/passthru/io"), os.O_RDWR)
     want = qd * (16 + 4096)

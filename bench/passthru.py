@@ -8,7 +8,6 @@ and the ratio mount/direct (target: >= 0.5 at batch 64).
 """
 
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -19,18 +18,19 @@ import trio
 
 from nvmefs.backends import Request, opened
 from nvmefs.spec import commands
+from nvmefs.spec.passthru import encode_request
 
 DEVICE = "sim:size=1G"
 SECONDS = 1.5
 
 
 def read_sqe(i: int) -> bytes:     # 4 KiB Read of LBA 8*i (512-byte blocks)
-    return struct.pack("<BBHIIIQIIII6I", 0x02, 0, i, 1, 0, 0, 0, 4096, 0, 0, 0, (8 * i) % 2_000_000,
-                       0, 7, 0, 0, 0)
+    return encode_request(commands.OP_READ, cid=i, nsid=1, cdw10=(8 * i) % 2_000_000, cdw12=7,
+                          data_len=4096)
 
 
 def identify_sqe(i: int) -> bytes:
-    return struct.pack("<BBHIIIQIIII6I", 0x06, 0, i, 0, 0, 0, 0, 4096, 0, 0, 0, 1, 0, 0, 0, 0, 0)
+    return encode_request(commands.OP_IDENTIFY, cid=i, cdw10=1, data_len=4096)
 
 
 def read_request(i: int) -> Request:

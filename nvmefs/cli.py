@@ -14,6 +14,8 @@ from . import __version__
 from .spec import render
 from .spec.passthru import POLICIES
 
+OTHERS = ("off", "info", "readonly")
+
 READY_TIMEOUT = 180.0          # seconds the parent waits for the daemon's mount
 
 
@@ -26,6 +28,17 @@ def _owner(text: str, kind: str) -> int:
         return pwd.getpwnam(text).pw_uid if kind == "user" else grp.getgrnam(text).gr_gid
     except KeyError:
         raise argparse.ArgumentTypeError(f"no such {kind}: {text}") from None
+
+
+def _size(text: str) -> int:
+    from .backends.sim.config import parse_size
+    try:
+        n = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1M")
+    return n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +61,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--umask", type=lambda t: int(t, 8), default=0,
                    help="permission bits to clear, octal (e.g. 027)")
     m.add_argument("--passthru", choices=POLICIES, default="readonly",
-                   help="what passthru/, Set Features and reset may do (default: readonly)")
+                   help="what passthru/, Set Features and reset may do for the mounting "
+                        "user and root (default: readonly)")
+    m.add_argument("--others", choices=OTHERS, default="info",
+                   help="the same for every other user, never more than --passthru "
+                        "(default: info)")
+    m.add_argument("--max-buffer", type=_size, metavar="SIZE",
+                   help="answers the whole mount may hold, e.g. 512M (default: 512M)")
     m.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
     m.add_argument("-d", "--debug", action="store_true", help="log debug messages")
 
@@ -123,6 +142,7 @@ def _setup_logging(args, daemon: bool) -> None:
 
 
 def cmd_mount(args) -> int:
+    from .fs.budget import MOUNT
     from .mount import MountError, MountOptions, prepare_mountpoint
 
     def say(msg: str) -> None:
@@ -134,7 +154,8 @@ def cmd_mount(args) -> int:
         say("nvmefs mount: this machine has no NVMe controllers; name a device (e.g. sim)")
         return 1
     opts = MountOptions(os.path.abspath(args.mountpoint), devices, args.allow_other,
-                        args.uid, args.gid, args.umask, args.passthru)
+                        args.uid, args.gid, args.umask, args.passthru, args.others,
+                        args.max_buffer or MOUNT)
     try:
         prepare_mountpoint(opts.mountpoint, say)
     except MountError as e:

@@ -1,9 +1,10 @@
 """Daemon lifetime: open the backends, mount, serve until unmounted or signalled.
 
 The mount is announced ready (to a waiting parent when daemonized) only once
-the FUSE session is serving. SIGINT and SIGTERM unmount cleanly. A mountpoint
-left behind by a killed daemon ("Transport endpoint is not connected") is
-detached and reused, with a message saying so.
+the FUSE session is serving and a read of its own, from a thread, has checked
+that FUSE_INTERRUPT reaches the requests (fs.interrupt). SIGINT and SIGTERM
+unmount cleanly. A mountpoint left behind by a killed daemon ("Transport
+endpoint is not connected") is detached and reused, with a message saying so.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 from contextlib import AsyncExitStack
@@ -22,11 +24,16 @@ import trio
 
 from . import fs
 from .backends import opened
+from .fs import interrupt
+from .fs.access import Access
+from .fs.budget import MOUNT
 
 log = logging.getLogger(__name__)
 
 FSNAME = "nvmefs"
-MAX_FUSE_TASKS = 512          # concurrent requests (blocking reads each hold one)
+# Requests served at once (pyfuse3 tasks). A blocked read holds one; fs.waits lets at most
+# MAX_WAITERS (768) wait, so tasks always remain to serve others and to read FUSE_INTERRUPT.
+MAX_FUSE_TASKS = 1024
 
 
 class MountError(Exception):
@@ -41,7 +48,9 @@ class MountOptions:
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0
-    passthru: str = "readonly"
+    passthru: str = "readonly"     # for the mounting user and root
+    others: str = "info"           # for every other user (never more than passthru)
+    max_buffer: int = MOUNT        # bytes of answers the whole mount may hold
 
     def fuse_options(self) -> set[str]:
         opts = {f"fsname={FSNAME}", f"subtype={FSNAME}", "default_permissions", "nodev", "nosuid"}
@@ -50,16 +59,23 @@ class MountOptions:
         return opts
 
 
-def mounts_at(mountpoint: str) -> list[str]:
-    """File system types mounted at `mountpoint`, from /proc/self/mountinfo."""
-    target = os.path.realpath(mountpoint)
+def _unescape(field: bytes) -> bytes:
+    """A /proc/self/mountinfo field as the path it names (the kernel writes space, tab,
+    newline and backslash as \\ooo octal escapes)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
+
+
+def mounts_at(mountpoint: str | bytes) -> list[str]:
+    """File system types mounted at `mountpoint`, from /proc/self/mountinfo; any name
+    works (spaces, newlines, bytes that are not UTF-8)."""
+    target = os.path.realpath(os.fsencode(mountpoint))
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            left, _, right = line.partition(" - ")
-            point = left.split()[4].encode().decode("unicode_escape")
-            if point == target:
-                found.append(right.split()[0])
+            left, _, right = line.rstrip(b"\n").partition(b" - ")
+            fields = left.split(b" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                found.append(right.split(b" ")[0].decode(errors="replace"))
     return found
 
 
@@ -123,32 +139,57 @@ def controller_names(ctrls) -> list[str]:
 
 
 async def serve(opts: MountOptions, ready: Callable[[], None]) -> None:
-    """Open every controller, mount, call `ready`, serve until unmount or signal."""
+    """Open every controller, mount, call `ready`, serve until unmount or signal.
+    A failure comes out as itself, not in the exception groups of the nurseries
+    it crossed (the command line reports it)."""
+    try:
+        await _serve(opts, ready)
+    except BaseExceptionGroup as group:
+        sole = _sole(group)
+        if sole is group:
+            raise
+        raise sole from None
+
+
+def _sole(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group
+
+
+async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
     async with AsyncExitStack() as stack:
         ctrls = [await stack.enter_async_context(opened(uri, i))
                  for i, uri in enumerate(opts.devices)]
         for ctrl, name in zip(ctrls, controller_names(ctrls), strict=True):
             ctrl.name = name
-        ops = fs.build(ctrls, opts.uid, opts.gid, opts.umask, opts.passthru)
+        interrupt.install()
         # catch the signals before the mount is visible: one sent right after must unmount
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            mounted = False
             try:
-                pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
-            except RuntimeError as e:
-                raise MountError(f"{opts.mountpoint}: mount failed ({e})") from None
-            try:
+                # the FUSE loop, the signal watcher and the work requests leave behind
                 async with trio.open_nursery() as nursery:
-                    ops.tree.nursery = nursery
+                    ops = fs.build(ctrls, nursery, opts.uid, opts.gid, umask=opts.umask,
+                                   access=Access(opts.uid, opts.passthru, opts.others),
+                                   max_buffer=opts.max_buffer)
+                    try:
+                        pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
+                    except RuntimeError as e:
+                        raise MountError(f"{opts.mountpoint}: mount failed ({e})") from None
+                    mounted = True
                     nursery.start_soon(_fuse_main, nursery.cancel_scope)
                     nursery.start_soon(_watch_signals, signals, nursery.cancel_scope)
-                    await trio.sleep(0)
+                    # one read of our own, from a thread: is FUSE_INTERRUPT reaching requests?
+                    await interrupt.confirm(os.path.join(opts.mountpoint, ctrls[0].name, "info"))
                     ready()
             finally:
-                pyfuse3.close(unmount=True)
+                if mounted:
+                    pyfuse3.close(unmount=True)
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:
-    await pyfuse3.main(1, MAX_FUSE_TASKS)
+    await pyfuse3.main(min_tasks=1, max_tasks=MAX_FUSE_TASKS)
     scope.cancel()       # unmounted from outside: stop the signal watcher too
 
 

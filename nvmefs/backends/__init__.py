@@ -44,10 +44,9 @@ async def opened(uri: str, index: int = 0) -> AsyncIterator[Controller]:
     background tasks (completion reapers); closed on exit."""
     ctrl = controller_class(uri)(uri, index)
     async with trio.open_nursery() as nursery:
-        ctrl.nursery = nursery
         try:
             with trio.fail_after(OPEN_TIMEOUT):
-                await ctrl.start()
+                await ctrl.start(nursery)
             yield ctrl
         finally:
             await ctrl.aclose()

@@ -12,7 +12,7 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import trio
 
@@ -25,7 +25,7 @@ from ..spec.identify import (
     decode_id_ctrl,
     decode_ns_list,
 )
-from ..spec.logs import NSID_ALL
+from ..spec.commands import NSID_ALL
 from ..spec.opcodes import ADMIN, IO
 from ..spec.queue import Command, Completion
 
@@ -96,18 +96,21 @@ class Controller(ABC):
         self.nsids: list[int] = []
         self._id_ns: dict[int, bytes] = {}
         self.state = "new"
-        self.nursery: trio.Nursery | None = None    # for background tasks, set by backends.opened
         self._stats = Statistics()
 
     # ------------------------------------------------------------------ backend hooks
 
     @abstractmethod
     async def _execute(self, req: Request) -> Completion:
-        """Carry one command and return its completion. May be cancelled (timeout):
+        """Carry one command and return its completion. `submit_batch` calls it for
+        each command in turn and checkpoints once per batch, so a command that
+        completes at once needs no checkpoint here. May be cancelled (timeout):
         then the backend must keep the command's buffers valid until it is gone."""
 
-    async def _start(self) -> None:
-        """Open the device; called once by `start`."""
+    async def _start(self, nursery: trio.Nursery) -> None:
+        """Open the device; called once by `start`. Background tasks (completion
+        reapers) go in `nursery`, started with `nursery.start` so that they are
+        running when this returns."""
 
     async def _abort(self, req: Request) -> bool:
         """Abort a timed-out command; True if the controller confirmed it."""
@@ -137,8 +140,10 @@ class Controller(ABC):
 
     # ------------------------------------------------------------------ commands
 
-    async def start(self) -> "Controller":
-        await self._start()
+    async def start(self, nursery: trio.Nursery) -> "Controller":
+        """Open and identify the controller; its background tasks live in `nursery`
+        (which must outlive the controller: close it with `aclose` first)."""
+        await self._start(nursery)
         self.state = "live"
         await self.refresh()
         return self
@@ -154,23 +159,45 @@ class Controller(ABC):
 
     async def submit(self, req: Request) -> Completion:
         """Carry one command, bounded by its timeout."""
-        return await self._bounded(req, lambda: self._execute(req), self.deadline(req))
+        return (await self.submit_batch([req]))[0]
 
-    async def _bounded(self, req: Request, wait: Callable[[], Awaitable[Completion]],
-                       deadline: float) -> Completion:
-        """Await `wait()`, the command's completion, until `deadline`; count it."""
-        self._stats.submitted += 1
-        self._stats.in_flight += 1
+    async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
+        """Carry many commands; completions in request order.
+
+        The commands are carried in turn, each by `_execute`, under one cancel
+        scope whose deadline is that of the command being carried (its timeout
+        counts from when it is carried). A command past its deadline is aborted
+        (or the controller reset) and answered host-aborted; the rest still run.
+        The batch is one checkpoint, whatever its size: a backend whose commands
+        complete at once never yields per command. A transport failure fails the
+        batch: it is raised, and the commands after it are not carried."""
+        await trio.lowlevel.checkpoint()
+        n = len(reqs)
+        stats = self._stats
+        stats.submitted += n
+        stats.in_flight += n
+        out: list[Completion] = []
         try:
-            with trio.move_on_at(deadline) as scope:
-                cpl = await wait()
-            if scope.cancelled_caught:
-                cpl = await self._timed_out(req)
+            while len(out) < n:
+                # A scope, once its deadline has passed, stays cancelled: a command
+                # that timed out (or completed just past its deadline) needs a new one.
+                with trio.CancelScope() as scope:
+                    for i in range(len(out), n):
+                        scope.deadline = self.deadline(reqs[i])
+                        out.append(self._count(await self._execute(reqs[i])))
+                        if scope.cancel_called:
+                            break
+                if scope.cancelled_caught:
+                    out.append(self._count(await self._timed_out(reqs[len(out)])))
         except TransportError:
-            self._stats.transport_errors += 1
+            stats.transport_errors += 1
             raise
         finally:
-            self._stats.in_flight -= 1
+            stats.in_flight -= n - len(out)
+        return out
+
+    def _count(self, cpl: Completion) -> Completion:
+        self._stats.in_flight -= 1
         self._stats.completed += 1
         if not cpl.ok:
             self._stats.errors += 1
@@ -183,32 +210,6 @@ class Controller(ABC):
             if not await self._abort(req):
                 await self.reset()
         return Completion(status=status.HOST_ABORTED, cid=req.cmd.cid)
-
-    def _concurrent(self, reqs: Sequence[Request]) -> bool:
-        """Whether a batch needs a task per command (a backend whose commands
-        complete at once may run them in turn)."""
-        return len(reqs) > 1
-
-    async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
-        """Carry many commands concurrently; completions in request order.
-        A transport failure of any command fails the batch."""
-        if not self._concurrent(reqs):
-            return [await self.submit(req) for req in reqs]
-        results: list[Completion | None] = [None] * len(reqs)
-        failures: list[TransportError] = []
-
-        async def one(i: int, req: Request) -> None:
-            try:
-                results[i] = await self.submit(req)
-            except TransportError as e:
-                failures.append(e)
-
-        async with trio.open_nursery() as nursery:
-            for i, req in enumerate(reqs):
-                nursery.start_soon(one, i, req)
-        if failures:
-            raise failures[0]
-        return results  # type: ignore[return-value]
 
     async def admin(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
                     timeout: float | None = None) -> Completion:

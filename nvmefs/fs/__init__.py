@@ -5,16 +5,23 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+import trio
+
 from ..backends.base import Controller
+from .access import Access
+from .budget import MOUNT, SESSION, MountMemory
 from .controller import controller_dir
 from .nodes import StaticDir, Tree
 from .operations import Operations
 
 
-def build(controllers: Sequence[Controller], uid: int, gid: int, umask: int = 0,
-          passthru: str = "readonly") -> Operations:
+def build(controllers: Sequence[Controller], nursery: trio.Nursery, uid: int, gid: int,
+          umask: int = 0, access: Access | None = None, max_buffer: int = MOUNT,
+          session_budget: int = SESSION) -> Operations:
     """Operations serving one directory per controller, named by `Controller.name`.
-    `passthru` is the policy for passthru/, Set Features and reset (spec.passthru)."""
-    tree = Tree(uid, gid, umask, time.time())
-    tree.register(StaticDir("", [controller_dir(c, passthru) for c in controllers]))
+    `access` gives each user's passthru policy (Set Features, passthru/, reset);
+    `max_buffer` bounds the answers the whole mount holds, `session_budget` one open's."""
+    tree = Tree(uid, gid, umask, time.time(), nursery, access or Access(uid),
+                MountMemory(max_buffer), session_budget)
+    tree.register(StaticDir("", [controller_dir(c) for c in controllers]))
     return Operations(tree)

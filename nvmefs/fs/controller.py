@@ -9,6 +9,7 @@ from .features import feature_dir
 from .logs import log_dir
 from .nodes import Dir, Node, SnapshotFile, StaticDir
 from .passthru import PassthruDir, ResetFile
+from .faults import sim_files
 from .views import text_lines, views
 
 
@@ -46,7 +47,7 @@ class NamespacesDir(Dir):
         return [self.child(str(n), lambda n=n: namespace_dir(self.ctrl, n)) for n in self.ctrl.nsids]
 
 
-def controller_dir(ctrl: Controller, policy: str) -> Dir:
+def controller_dir(ctrl: Controller) -> Dir:
     async def identify() -> bytes:
         return ctrl.id_ctrl_raw
 
@@ -56,6 +57,6 @@ def controller_dir(ctrl: Controller, policy: str) -> Dir:
     return StaticDir(ctrl.name, [
         SnapshotFile("info", info),
         *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE),
-        log_dir(ctrl), feature_dir(ctrl, policy), NamespacesDir(ctrl),
-        PassthruDir(ctrl, policy), ResetFile(ctrl, policy),
+        log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
+        PassthruDir(ctrl), ResetFile(ctrl), *sim_files(ctrl),
     ])

@@ -10,13 +10,13 @@ from ..spec import status as S
 from ..spec.queue import Completion
 
 # A controller that does not know a log page or feature answers one of these.
-UNSUPPORTED = {S.INVALID_OPCODE & 0x7FF, S.INVALID_FIELD & 0x7FF, S.INVALID_LOG_PAGE & 0x7FF}
+UNSUPPORTED = {S.code(S.INVALID_OPCODE), S.code(S.INVALID_FIELD), S.code(S.INVALID_LOG_PAGE)}
 
 
 def check(cpl: Completion, unsupported_is_eopnotsupp: bool = False) -> bytes:
     """The completion's data, or FUSEError with the status's errno."""
     if cpl.ok:
         return cpl.data
-    if unsupported_is_eopnotsupp and cpl.status & 0x7FF in UNSUPPORTED:
+    if unsupported_is_eopnotsupp and S.code(cpl.status) in UNSUPPORTED:
         raise FUSEError(errno.EOPNOTSUPP)
     raise FUSEError(S.errno_of(cpl.status))

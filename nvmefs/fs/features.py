@@ -38,12 +38,15 @@ def feature_fetch(ctrl: Controller, fid: int):
 
 
 class FeatureFile(SnapshotFile):
-    """The raw view; writable (Set Features) only where the policy admits it."""
+    """The raw view; writable (Set Features) by users whose policy admits it."""
 
-    def __init__(self, name: str, ctrl: Controller, fid: int, policy: str):
+    def __init__(self, name: str, ctrl: Controller, fid: int):
         super().__init__(name, feature_fetch(ctrl, fid))
         self.ctrl, self.fid = ctrl, fid
-        self.writable = P.admits(policy, ADMIN, OP_SET_FEATURES)
+
+    @property
+    def writable(self) -> bool:
+        return P.admits(self.tree.access.policy, ADMIN, OP_SET_FEATURES)
 
     @property
     def perm(self) -> int:
@@ -52,7 +55,7 @@ class FeatureFile(SnapshotFile):
     async def open(self, flags: int, ctx) -> Handle:
         if not wants_write(flags):
             return await super().open(flags, ctx)
-        if not self.writable:
+        if not P.admits(self.tree.access.policy_for(ctx.uid), ADMIN, OP_SET_FEATURES):
             raise FUSEError(errno.EACCES)
         feat = F.FEATURES.get(self.fid)
         if feat and feat.data_len:      # a data buffer cannot be written as text
@@ -77,13 +80,13 @@ class SetFeatureHandle(Handle):
         return len(data)
 
 
-def feature_dir(ctrl: Controller, policy: str) -> TableDir:
+def feature_dir(ctrl: Controller) -> TableDir:
     async def supported() -> list[int]:
         return [fid for fid, f in F.FEATURES.items() if f.supported(ctrl.id_ctrl)]
 
     def nodes(fid: int, name: str) -> list[Node]:
         return views(name, "feature", feature_fetch(ctrl, fid), {"fid": fid},
-                     raw=lambda n: FeatureFile(n, ctrl, fid, policy))
+                     raw=lambda n: FeatureFile(n, ctrl, fid))
 
     return TableDir("features", supported, lambda fid: nodes(fid, F.FEATURES[fid].name),
                     lambda fid, name: nodes(fid, name)[0])

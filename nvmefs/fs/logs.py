@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import errno
 
+import trio
 from pyfuse3 import FUSEError
 
 from ..backends.base import Controller
 from ..spec import logs as L
 from ..spec import status as S
+from ..spec.commands import LID_SUPPORTED_LOGS
 from .errors import check
-from .nodes import File, Handle, Node, TableDir, wants_write
+from .nodes import Fetch, File, Handle, Node, TableDir, wants_write
 from .views import views
 
 UNKNOWN_PAGE_SIZES = (4096, 512)     # by-id of a LID nvmefs has no size for: try these
@@ -25,8 +27,8 @@ async def supported_lids(ctrl: Controller) -> list[int]:
     """Supported Log Pages (LID 00h) where the controller has it, else what
     Identify Controller's LPA, OACS, OAES, CMIC and CTRATT bits promise."""
     idc = ctrl.id_ctrl
-    if L.LOG_PAGES[0x00].supported(idc):
-        cpl = await ctrl.get_log(0x00, 1024)
+    if L.LOG_PAGES[LID_SUPPORTED_LOGS].supported(idc):
+        cpl = await ctrl.get_log(LID_SUPPORTED_LOGS, 1024)
         if cpl.ok:
             return [e["lid"] for e in L.decode_supported_logs(cpl.data, {})["supported_logs"]]
     return [lid for lid, page in L.LOG_PAGES.items() if page.supported(idc)]
@@ -38,17 +40,39 @@ def page_fetch(ctrl: Controller, lid: int, size: int | None, lsp: int = 0):
             return check(await ctrl.get_log(lid, size, lsp=lsp), unsupported_is_eopnotsupp=True)
         for n in UNKNOWN_PAGE_SIZES:
             cpl = await ctrl.get_log(lid, n, lsp=lsp)
-            if cpl.ok or cpl.status & 0x7FF != S.INVALID_FIELD & 0x7FF:
+            if cpl.ok or S.code(cpl.status) != S.code(S.INVALID_FIELD):
                 break
         return check(cpl, unsupported_is_eopnotsupp=True)
     return fetch
 
 
+class Captures:
+    """The captures of a controller's large logs (telemetry, persistent event): one
+    at a time, and a read only from the capture its open made. An open that
+    creates a new capture ends the older one: its opens then read ESTALE."""
+
+    def __init__(self):
+        self.lock = trio.Lock()
+        self.current: dict[int, int] = {}   # LID -> number of its current capture
+
+    async def capture(self, lid: int, fetch: Fetch) -> tuple[int, bytes]:
+        async with self.lock:
+            data = await fetch()
+            number = self.current[lid] = self.current.get(lid, 0) + 1
+            return number, data
+
+    async def read(self, lid: int, number: int, fetch: Fetch) -> bytes:
+        async with self.lock:
+            if self.current.get(lid) != number:
+                raise FUSEError(errno.ESTALE)
+            return await fetch()
+
+
 class LargeLogHandle(Handle):
     """Reads go to the controller at their offset (LPO), dword aligned."""
 
-    def __init__(self, ctrl: Controller, lid: int, header: bytes, size: int):
-        self.ctrl, self.lid, self.header, self.total = ctrl, lid, header, size
+    def __init__(self, file: "LargeLogFile", number: int, header: bytes, size: int):
+        self.file, self.number, self.header, self.total = file, number, header, size
 
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.total)
@@ -57,44 +81,51 @@ class LargeLogHandle(Handle):
         if end <= len(self.header):
             return self.header[offset:end]
         start, stop = offset & ~3, (end + 3) & ~3
-        data = check(await self.ctrl.get_log(self.lid, stop - start, offset=start))
+        ctrl, lid = self.file.ctrl, self.file.page.lid
+
+        async def fetch() -> bytes:
+            return check(await ctrl.get_log(lid, stop - start, offset=start))
+        data = await self.file.captures.read(lid, self.number, fetch)
         return data[offset - start:end - start]
 
 
 class LargeLogFile(File):
     attr_timeout = 0.0      # a new capture may change its size
 
-    def __init__(self, name: str, ctrl: Controller, page: L.LogPage):
+    def __init__(self, name: str, ctrl: Controller, page: L.LogPage, captures: Captures):
         super().__init__(name)
-        self.ctrl, self.page = ctrl, page
-
-    async def _header(self, lsp: int) -> tuple[bytes, int]:
-        header = check(await self.ctrl.get_log(self.page.lid, L.TELEMETRY_BLOCK, lsp=lsp),
-                       unsupported_is_eopnotsupp=True)
-        return header, max(len(header), self.page.size_from_header(header, self.ctrl.id_ctrl))
+        self.ctrl, self.page, self.captures = ctrl, page, captures
+        self.last_size = 0
 
     async def size(self) -> int:
-        return (await self._header(0))[1]     # LSP 0: sizing never creates a new capture
+        return self.last_size       # the last capture's: sizing sends no command
 
     async def open(self, flags: int, ctx) -> Handle:
         if wants_write(flags):
             raise FUSEError(errno.EACCES)
-        header, size = await self._header(self.page.open_lsp)
-        return LargeLogHandle(self.ctrl, self.page.lid, header, size)
+        page, idc = self.page, self.ctrl.id_ctrl
+
+        async def fetch() -> bytes:
+            return check(await self.ctrl.get_log(page.lid, L.TELEMETRY_BLOCK, lsp=page.open_lsp),
+                         unsupported_is_eopnotsupp=True)
+        number, header = await self.captures.capture(page.lid, fetch)
+        self.last_size = max(len(header), page.size_from_header(header, idc))
+        return LargeLogHandle(self, number, header, self.last_size)
 
 
-def page_nodes(ctrl: Controller, page: L.LogPage, name: str) -> list[Node]:
+def page_nodes(ctrl: Controller, page: L.LogPage, name: str, captures: Captures) -> list[Node]:
     ctx = {"name": ctrl.name}
     if page.size_from_header:
         header = page_fetch(ctrl, page.lid, L.TELEMETRY_BLOCK)
         return views(name, page.kind, header, ctx,
-                     raw=lambda n: LargeLogFile(n, ctrl, page))
+                     raw=lambda n: LargeLogFile(n, ctrl, page, captures))
     size = page.size(ctrl.id_ctrl)
     return views(name, page.kind, page_fetch(ctrl, page.lid, size), ctx, raw_size=size)
 
 
 def log_dir(ctrl: Controller) -> TableDir:
     generation, lids = -1, []
+    captures = Captures()
 
     async def supported() -> list[int]:
         """Supported LIDs, asked once per Identify generation."""
@@ -105,12 +136,12 @@ def log_dir(ctrl: Controller) -> TableDir:
 
     def named(lid: int) -> list[Node]:
         page = L.LOG_PAGES.get(lid)
-        return page_nodes(ctrl, page, page.name) if page else []
+        return page_nodes(ctrl, page, page.name, captures) if page else []
 
     def by_id(lid: int, name: str) -> Node:
         page = L.LOG_PAGES.get(lid)
         if page is not None:
-            return page_nodes(ctrl, page, name)[0]
+            return page_nodes(ctrl, page, name, captures)[0]
         return views(name, None, page_fetch(ctrl, lid, None))[0]
 
     return TableDir("log", supported, named, by_id)

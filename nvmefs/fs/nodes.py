@@ -17,6 +17,10 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from .access import Access
+from .budget import SESSION, Kept, MountMemory
+from .waits import Waiters
+
 Fetch = Callable[[], Awaitable[bytes]]
 
 
@@ -50,9 +54,6 @@ class Handle:
     async def write(self, offset: int, data: bytes) -> int:
         raise FUSEError(errno.EBADF)
 
-    async def flush(self) -> None:
-        pass
-
     async def release(self) -> None:
         pass
 
@@ -79,21 +80,20 @@ def wants_write(flags: int) -> bool:
 
 class SnapshotFile(File):
     """Bytes fetched at each open. st_size is `fixed_size` when the size is known
-    without asking the controller (raw views), else the last snapshot's length."""
+    without asking the controller (raw views), else the last snapshot's length
+    (0 before the first open): listing and stat never send a command."""
 
     def __init__(self, name: str, fetch: Fetch, fixed_size: int | None = None):
         super().__init__(name)
         self.fetch = fetch
         self.fixed_size = fixed_size
-        self.last_size: int | None = None
+        self.last_size = 0
         if fixed_size is None:
             self.attr_timeout = 0.0
 
     async def size(self) -> int:
         if self.fixed_size is not None:
             return self.fixed_size
-        if self.last_size is None:
-            self.last_size = len(await self.fetch())
         return self.last_size
 
     async def open(self, flags: int, ctx) -> Handle:
@@ -153,10 +153,16 @@ class StaticDir(Dir):
 class Tree:
     """Inode registry and the attributes every node shares (owner, mode mask, times)."""
 
-    def __init__(self, uid: int, gid: int, umask: int, now: float):
+    def __init__(self, uid: int, gid: int, umask: int, now: float, nursery: trio.Nursery,
+                 access: Access, memory: MountMemory | None = None, session_budget: int = SESSION):
         self.uid, self.gid, self.umask, self.now = uid, gid, umask, now
+        self.nursery = nursery                  # for work that outlives a request
+        self.access = access                    # who may do what (fs.access)
+        self.memory = memory or MountMemory()   # answers held, mount-wide (fs.budget)
+        self.session_budget = session_budget    # answers one open mailbox may hold
+        self.kept = Kept(self.memory, session_budget)   # mailboxes' last answers per user
+        self.waiters = Waiters()                # handlers waiting for an event
         self.nodes: dict[int, Node] = {}
-        self.nursery: trio.Nursery | None = None    # for work that outlives a request
         self._next_inode = pyfuse3.ROOT_INODE
 
     def register(self, node: Node) -> Node:

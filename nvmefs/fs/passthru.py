@@ -1,11 +1,17 @@
 """passthru/: mailboxes that take command blobs and answer completions (DESIGN §3).
 
-Each open file is a session: requests written on it are answered on it, in
-order, like a socket. A write is validated whole before anything is sent
-(spec.passthru); its valid requests go to the controller as one batch in the
-background, so the write returns at once and reads block (interruptibly, with
-a bound) for the answers. The mailbox also keeps the answers of the last write
-for the next open that only reads.
+Each open file is a session (spec.session): the bytes written on it are a
+stream of requests, answered on it, in order, like a socket. A request is
+admitted only once it is whole and valid and its answer fits the session's
+and the mount's memory (fs.budget); a write that cannot be admitted whole
+is cut short at the first request that cannot be (the caller writes the
+rest again) or fails with that request's errno. Admitted requests go to the
+controller as one batch in the background, so the write returns at once and
+reads wait (interruptibly, with a bound) for the answers. A write-only open's
+write returns once its batch is answered, so `echo ... > f; cat f` shows them.
+
+Each mailbox keeps the answers of each user's last open that wrote, for that
+user's next open that only reads; no user ever reads another's answers.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import os
 import re
 import stat
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from pyfuse3 import FUSEError
@@ -25,57 +31,88 @@ from ..backends.base import MAX_TIMEOUT, RESET_TIMEOUT, Controller, Request, Tra
 from ..spec import identify as ID
 from ..spec import logs as L
 from ..spec import passthru as P
-from ..spec.opcodes import ADMIN, IO
+from ..spec.commands import LID_EFFECTS
+from ..spec.opcodes import ADMIN, IO, changes_namespaces
+from ..spec.session import NEED_DATA, MailboxSession, RequestError
+from .budget import Budget
+from .chunks import Pieces
 from .errors import check
-from .interrupt import wait_until
+from .interrupt import caller
 from .nodes import Dir, File, Handle, Node, wants_write
 
 log = logging.getLogger(__name__)
 
 PRIVATE_NAME = re.compile(r"(admin|io)\.[A-Za-z0-9_.-]{1,64}")
 WAIT_LIMIT = MAX_TIMEOUT + RESET_TIMEOUT + 10     # no answer takes longer than this
-MAX_UNREAD = 64 << 20       # answers a session may leave unread before writes fail (ENOBUFS)
-MAX_PENDING = 65536         # requests a session may have in flight
+MAX_PRIVATE = 64            # private mailboxes one user may have per controller (else ENOSPC)
 POLLIN, POLLOUT = 0x1, 0x4
 
 
 class Targets:
-    """Validation context of a controller's queues, refreshed per Identify generation."""
+    """Validation context of a controller's queues, per policy, refreshed per
+    Identify generation. While a batch that changes namespaces or identify data
+    is in flight, no request is validated (DESIGN §3)."""
 
-    def __init__(self, ctrl: Controller, policy: str):
-        self.ctrl, self.policy = ctrl, policy
+    def __init__(self, ctrl: Controller):
+        self.ctrl = ctrl
         self._generation = -1
-        self._targets: dict[str, P.Target] = {}
+        self._namespaces: dict[int, int] = {}
+        self._effects: dict[str, object] = {ADMIN: None, IO: None}
+        self._targets: dict[tuple[str, str], P.Target] = {}
+        self._lock = trio.Lock()
+        self.changing = 0                   # batches in flight that change namespaces
+        self.changed = trio.Event()         # set whenever `changing` drops to 0
 
-    async def get(self, queue: str) -> P.Target:
-        ctrl = self.ctrl
-        if self._generation != ctrl.generation:
-            effects = (None, None)
-            if L.LOG_PAGES[0x05].supported(ctrl.id_ctrl):
-                effects = L.effects_tables(check(await ctrl.get_log(0x05, L.EFFECTS_SIZE)))
-            namespaces = {}
-            for nsid in ctrl.nsids:
-                cpl = await ctrl.identify_ns(nsid)
-                if cpl.ok:
-                    namespaces[nsid] = ID.block_size(ID.decode_id_ns(cpl.data))
-            self._targets = {q: P.Target(q, self.policy, ctrl.max_transfer, namespaces, e)
-                             for q, e in zip((ADMIN, IO), effects, strict=True)}
-            self._generation = ctrl.generation
-        return self._targets[queue]
+    async def get(self, queue: str, policy: str, waiters) -> P.Target:
+        if self.changing:
+            await waiters.wait_until(lambda: not self.changing, lambda: self.changed, WAIT_LIMIT)
+        async with self._lock:
+            ctrl = self.ctrl
+            if self._generation != ctrl.generation:
+                generation = ctrl.generation
+                effects = (None, None)
+                if L.LOG_PAGES[LID_EFFECTS].supported(ctrl.id_ctrl):
+                    effects = L.effects_tables(check(await ctrl.get_log(LID_EFFECTS, L.EFFECTS_SIZE)))
+                namespaces = {}
+                for nsid in ctrl.nsids:
+                    cpl = await ctrl.identify_ns(nsid)
+                    if cpl.ok:
+                        namespaces[nsid] = ID.block_size(ID.decode_id_ns(cpl.data))
+                self._namespaces, self._effects = namespaces, dict(zip((ADMIN, IO), effects))
+                self._targets.clear()
+                self._generation = generation
+        key = (queue, policy)
+        target = self._targets.get(key)
+        if target is None:
+            target = self._targets[key] = P.Target(queue, policy, self.ctrl.max_transfer,
+                                                   self._namespaces, self._effects[queue])
+        return target
+
+    def begin_change(self) -> None:
+        self.changing += 1
+
+    def end_change(self) -> None:
+        self.changing -= 1
+        if not self.changing:
+            self.changed.set()
+            self.changed = trio.Event()
 
 
 @dataclass
 class Batch:
     requests: list[P.PassthruRequest]
-    answer: bytes = b""
-    error: int = 0                 # errno of a transport failure
+    reserved: int                       # bytes of answers reserved for it
+    answer: list[bytes] = field(default_factory=list)
+    error: int = 0                      # errno of a failure that lost the whole batch
     done: bool = False
+
+    changes_namespaces: bool = False   # its last command does (Format, Namespace Management...)
 
 
 class Mailbox(File):
     """A file in passthru/: `admin`, `io`, or a private `admin.NAME` / `io.NAME`."""
     writable = True
-    attr_timeout = 0.0      # its size is its last answer's
+    attr_timeout = 0.0      # its size is the asking user's kept answers
 
     def __init__(self, name: str, ctrl: Controller, queue: str, targets: Targets,
                  uid: int | None = None, gid: int | None = None):
@@ -84,70 +121,149 @@ class Mailbox(File):
         self.private = uid is not None
         if self.private:
             self.uid, self.gid = uid, gid       # Tree.attr shows the creator as owner
-        self.last = b""                         # the answers to the last write
 
     @property
     def mode(self) -> int:
         return stat.S_IFREG | (0o600 if self.private else 0o666)
 
+
     async def size(self) -> int:
-        return len(self.last)
+        try:
+            uid = caller().uid
+        except LookupError:
+            return 0
+        return self.tree.kept.size((self.inode, uid))
 
     async def open(self, flags: int, ctx) -> Handle:
-        # an open that only reads gets the last answers; one that writes starts empty
-        access = flags & os.O_ACCMODE
-        return MailboxHandle(self, ctx.pid, b"" if wants_write(flags) else self.last,
-                             wait_on_close=access == os.O_WRONLY)
+        tree = self.tree
+        policy = tree.access.policy_for(ctx.uid)
+        if not wants_write(flags):
+            return MailboxHandle(self, ctx.uid, policy, tree.kept.get((self.inode, ctx.uid)), None)
+        if policy == "off":
+            raise FUSEError(errno.EACCES)
+        budget = Budget(tree.memory, tree.session_budget)
+        return MailboxHandle(self, ctx.uid, policy, Pieces(), budget,
+                             write_only=flags & os.O_ACCMODE == os.O_WRONLY)
+
+    def forget(self) -> None:
+        self.tree.kept.drop_where(lambda key: key[0] == self.inode)
 
 
 class MailboxHandle(Handle):
-    nonseekable = True
-
-    def __init__(self, box: Mailbox, pid: int, initial: bytes, wait_on_close: bool):
-        self.box, self.pid, self.wait_on_close = box, pid, wait_on_close
-        self.buffer = bytearray(initial)
-        self.batches: deque[Batch] = deque()     # submitted, answered in this order
-        self.errors: deque[int] = deque()        # transport failures still to report
+    def __init__(self, box: Mailbox, uid: int, policy: str, answers: Pieces,
+                 budget: Budget | None, write_only: bool = False):
+        self.box, self.uid, self.policy = box, uid, policy
+        self.answers = answers                  # readable now, in order
+        self.budget = budget                    # None: this open only reads kept answers
+        self.write_only = write_only
+        self.session = MailboxSession()
+        self.batches: deque[Batch] = deque()    # submitted, answered in this order
+        self.errors: deque[int] = deque()       # lost batches still to report
         self.changed = trio.Event()
         self.poll_handle = None
+        self.closed = False
+        self.kept = False                       # this open's answers are the ones kept
 
     async def write(self, offset: int, data: bytes) -> int:
-        requests, pos, error = P.split_write(data, await self.box.targets.get(self.box.queue))
-        pending = sum(len(b.requests) for b in self.batches) + len(requests)
-        if len(self.buffer) > MAX_UNREAD or pending > MAX_PENDING:
-            raise FUSEError(errno.ENOBUFS)     # read the answers first
+        if self.budget is None:
+            raise FUSEError(errno.EBADF)
+        box = self.box
+        waiters = box.tree.waiters
+        target = await box.targets.get(box.queue, self.policy, waiters)
+        session, start = self.session, self.session.received
+        session.receive_data(data)
+        requests: list[P.PassthruRequest] = []
+        reserved, failure, cut = 0, None, None
+        while True:
+            event = session.next_request(target)
+            if event is NEED_DATA:
+                break
+            if isinstance(event, RequestError):
+                failure, cut = event, event.start
+                break
+            size = P.answer_size(event)
+            if not self.budget.reserve(size):
+                failure = RequestError(errno.ENOBUFS, "the answers would not fit: read them first",
+                                       start=session.last_start)
+                # a request begun in an earlier write stays buffered: that write was taken
+                cut = max(session.last_start, start)
+                break
+            reserved += size
+            requests.append(event)
+            if changes_namespaces(event.cmd.opcode, box.queue) and session.buffered:
+                cut = session.consumed      # the rest is validated after the change
+                break
         if requests:
-            self._submit(requests)
-        if error is None:
-            return len(data)
-        log.info("%s/passthru/%s: request at byte %d refused (%s): %s", self.box.ctrl.name,
-                 self.box.name, pos, errno.errorcode.get(error.errno, error.errno), error)
-        if error.truncated and requests:
-            return pos          # a short write: the rest may come in the next one
-        raise FUSEError(error.errno)
+            self._submit(requests, reserved)
+        taken = len(data) if cut is None else cut - start
+        if failure is not None:
+            log.info("%s/passthru/%s: request at byte %d refused (%s): %s", box.ctrl.name,
+                     box.name, failure.start, errno.errorcode.get(failure.errno, failure.errno),
+                     failure)
+        if taken <= 0 and failure is not None:
+            if failure.errno == errno.ENOBUFS:
+                session.rewind(start)       # nothing of this write taken: it may come again
+            else:
+                session.discard()           # the bad request and everything after it
+            raise FUSEError(failure.errno)
+        if cut is not None:
+            session.rewind(cut)             # a short write: the caller writes the rest again
+        if self.write_only and requests:
+            await waiters.wait_until(lambda: not self.batches, lambda: self.changed, WAIT_LIMIT)
+            if self.errors:
+                raise FUSEError(self.errors.popleft())
+        return taken
 
-    def _submit(self, requests: list[P.PassthruRequest]) -> None:
-        batch = Batch(requests)
+    def _submit(self, requests: list[P.PassthruRequest], reserved: int) -> None:
+        batch = Batch(requests, reserved,
+                      changes_namespaces=changes_namespaces(requests[-1].cmd.opcode, self.box.queue))
+        if batch.changes_namespaces:
+            self.box.targets.begin_change()
         self.batches.append(batch)
         self.box.tree.nursery.start_soon(self._run, batch)
 
     async def _run(self, batch: Batch) -> None:
-        reqs = [Request(self.box.queue, r.cmd, r.data_out, r.data_in_len,
+        """Carry one batch; whatever happens, it is answered (supervised work)."""
+        box = self.box
+        reqs = [Request(box.queue, r.cmd, r.data_out, r.data_in_len,
                         r.timeout_ms / 1000 if r.timeout_ms else None) for r in batch.requests]
         try:
-            cpls = await self.box.ctrl.submit_batch(reqs)
-            batch.answer = b"".join(map(P.encode_response, batch.requests, cpls))
-            self.box.last = batch.answer
-        except TransportError as e:
-            log.warning("%s/passthru/%s: %s", self.box.ctrl.name, self.box.name, e)
-            batch.error = e.errno
+            try:
+                cpls = await box.ctrl.submit_batch(reqs)
+                batch.answer = [part for r, c in zip(batch.requests, cpls, strict=True)
+                                for part in P.response_parts(r, c)]
+            except TransportError as e:
+                log.warning("%s/passthru/%s: %s", box.ctrl.name, box.name, e)
+                batch.error = e.errno
+            except Exception:
+                log.exception("%s/passthru/%s: batch of %d failed", box.ctrl.name, box.name,
+                              len(reqs))
+                batch.error = errno.EIO
+            if batch.changes_namespaces and not batch.error:
+                try:
+                    await box.ctrl.refresh()
+                except Exception:
+                    log.exception("%s: refresh after a namespace change failed", box.ctrl.name)
+        finally:
+            if batch.changes_namespaces:
+                box.targets.end_change()
+            self._finish(batch)
+
+    def _finish(self, batch: Batch) -> None:
         batch.done = True
+        box = self.box
         while self.batches and self.batches[0].done:
             first = self.batches.popleft()
             if first.error:
                 self.errors.append(first.error)
             else:
-                self.buffer += first.answer
+                box.tree.kept.add((box.inode, self.uid), first.answer, fresh=not self.kept)
+                self.kept = True
+            if first.error or self.closed or self.write_only:
+                self.budget.release(first.reserved)     # nobody reads these answers here
+            else:
+                self.answers.extend(first.answer)
+                self.budget.release(first.reserved - sum(map(len, first.answer)))
         self.changed.set()
         self.changed = trio.Event()
         if self.poll_handle is not None:
@@ -155,21 +271,22 @@ class MailboxHandle(Handle):
             self.poll_handle = None
 
     def _readable(self) -> bool:
-        return bool(self.buffer or self.errors or not self.batches)
+        return bool(self.answers or self.errors or not self.batches)
 
     async def read(self, offset: int, size: int) -> bytes:
-        await wait_until(self._readable, lambda: self.changed, self.pid, WAIT_LIMIT)
-        if not self.buffer and self.errors:
+        await self.box.tree.waiters.wait_until(self._readable, lambda: self.changed, WAIT_LIMIT)
+        if not self.answers and self.errors:
             raise FUSEError(self.errors.popleft())
-        out = bytes(self.buffer[:size])
-        del self.buffer[:size]
+        out = self.answers.take(size)
+        if self.budget is not None:
+            self.budget.release(len(out))
         return out
 
-    async def flush(self) -> None:
-        """Closing a write-only open returns once its requests are answered, so
-        `echo ... > f; cat f` shows them; a read-write session reads its answers itself."""
-        if self.wait_on_close:
-            await wait_until(lambda: not self.batches, lambda: self.changed, self.pid, WAIT_LIMIT)
+    async def release(self) -> None:
+        self.closed = True
+        if self.budget is not None:
+            self.budget.release(len(self.answers))      # in-flight batches release theirs
+        self.answers = Pieces()
 
     async def poll(self, poll_handle=None) -> int:
         if self._readable():
@@ -182,18 +299,19 @@ class PassthruDir(Dir):
     """passthru/: `admin`, `io` and private mailboxes made with O_CREAT."""
     perm = 0o1777
 
-    def __init__(self, ctrl: Controller, policy: str):
+    def __init__(self, ctrl: Controller):
         super().__init__("passthru")
         self.ctrl = ctrl
-        self.targets = Targets(ctrl, policy)
+        self.targets = Targets(ctrl)
 
     def _mailbox(self, name: str, queue: str, **kwargs) -> Node:
         return self.child(name, lambda: Mailbox(name, self.ctrl, queue, self.targets, **kwargs))
 
+    def _private(self) -> list[Mailbox]:
+        return [n for name, n in sorted(self._children.items()) if name not in (ADMIN, IO)]
+
     async def entries(self) -> list[Node]:
-        shared = [self._mailbox(ADMIN, ADMIN), self._mailbox(IO, IO)]
-        private = [n for name, n in sorted(self._children.items()) if name not in (ADMIN, IO)]
-        return shared + private
+        return [self._mailbox(ADMIN, ADMIN), self._mailbox(IO, IO), *self._private()]
 
     async def lookup(self, name: str) -> Node | None:
         if name in (ADMIN, IO):
@@ -205,27 +323,32 @@ class PassthruDir(Dir):
             raise FUSEError(errno.EINVAL)
         if name in self._children:
             raise FUSEError(errno.EEXIST)
+        if sum(box.uid == ctx.uid for box in self._private()) >= MAX_PRIVATE:
+            raise FUSEError(errno.ENOSPC)
         return self._mailbox(name, name.split(".", 1)[0], uid=ctx.uid, gid=ctx.gid)
 
     async def unlink(self, name: str, ctx) -> None:
         if name in (ADMIN, IO):
             raise FUSEError(errno.EPERM)
-        if name not in self._children:
+        box = self._children.get(name)
+        if box is None:
             raise FUSEError(errno.ENOENT)
+        box.forget()
         self.forget_child(name)
 
 
 class ResetFile(File):
-    """`reset`: writing 1 resets the controller (needs --passthru=all)."""
+    """`reset`: writing 1 resets the controller (needs --passthru=all for the writer)."""
     perm = 0o200
     writable = True
 
-    def __init__(self, ctrl: Controller, policy: str):
+    def __init__(self, ctrl: Controller):
         super().__init__("reset")
-        self.ctrl, self.policy = ctrl, policy
+        self.ctrl = ctrl
 
     async def open(self, flags: int, ctx) -> Handle:
-        if self.policy != "all" or flags & os.O_ACCMODE != os.O_WRONLY:
+        if (self.tree.access.policy_for(ctx.uid) != "all"
+                or flags & os.O_ACCMODE != os.O_WRONLY):
             raise FUSEError(errno.EACCES)
         return ResetHandle(self.ctrl)
 

@@ -1,61 +1,180 @@
-"""Command builders: dword packing for the commands nvmefs sends itself."""
+"""Commands: opcodes, identifiers, dword fields, builders and data lengths.
+
+Every command dword field is named here once, as a `Bits` (its spec mnemonic),
+and the builders, the parsers, passthru validation and the sim all use it
+(CNS values are in spec.identify, with the structures they select).
+Opcodes: NVMe Base 2.0 Figure 28 (admin), NVM Command Set 1.0 Figure 18 and
+ZNS 1.1 (I/O); libnvme's names where the spec has none.
+"""
 
 from __future__ import annotations
 
-from .logs import NSID_ALL
+from dataclasses import dataclass, field
+
+from .identify import IDENTIFY_SIZE
 from .queue import Command
 
-# Admin opcodes (Figure 28)
-OP_GET_LOG_PAGE, OP_IDENTIFY, OP_ABORT = 0x02, 0x06, 0x08
-OP_SET_FEATURES, OP_GET_FEATURES, OP_ASYNC_EVENT = 0x09, 0x0A, 0x0C
-OP_FW_COMMIT, OP_FW_DOWNLOAD, OP_SELF_TEST, OP_FORMAT = 0x10, 0x11, 0x14, 0x80
-# NVM I/O opcodes (NVM Command Set Figure 18)
-OP_FLUSH, OP_WRITE, OP_READ, OP_COMPARE, OP_WRITE_ZEROES, OP_DSM = 0x00, 0x01, 0x02, 0x05, 0x08, 0x09
+NSID_ALL = 0xFFFFFFFF      # the broadcast NSID (§3.2.1)
 
+# Admin opcodes
+OP_DELETE_IO_SQ, OP_CREATE_IO_SQ, OP_GET_LOG_PAGE, OP_DELETE_IO_CQ = 0x00, 0x01, 0x02, 0x04
+OP_CREATE_IO_CQ, OP_IDENTIFY, OP_ABORT, OP_SET_FEATURES, OP_GET_FEATURES = 0x05, 0x06, 0x08, 0x09, 0x0A
+OP_ASYNC_EVENT, OP_NS_MGMT, OP_FW_COMMIT, OP_FW_DOWNLOAD = 0x0C, 0x0D, 0x10, 0x11
+OP_SELF_TEST, OP_NS_ATTACH, OP_KEEP_ALIVE = 0x14, 0x15, 0x18
+OP_DIRECTIVE_SEND, OP_DIRECTIVE_RECV, OP_VIRT_MGMT, OP_MI_SEND, OP_MI_RECV = 0x19, 0x1A, 0x1C, 0x1D, 0x1E
+OP_CAPACITY_MGMT, OP_LOCKDOWN, OP_TRACK_SEND, OP_TRACK_RECV = 0x20, 0x24, 0x3D, 0x3E
+OP_MIGRATION_SEND, OP_MIGRATION_RECV, OP_CDQ = 0x41, 0x42, 0x45
+OP_DBBUF, OP_FABRICS, OP_FORMAT_NVM, OP_SECURITY_SEND, OP_SECURITY_RECV = 0x7C, 0x7F, 0x80, 0x81, 0x82
+OP_SANITIZE, OP_GET_LBA_STATUS = 0x84, 0x86
+# I/O opcodes (OP_FABRICS too)
+OP_FLUSH, OP_WRITE, OP_READ, OP_WRITE_UNCOR, OP_COMPARE = 0x00, 0x01, 0x02, 0x04, 0x05
+OP_WRITE_ZEROES, OP_DSM, OP_VERIFY, OP_RESV_REGISTER, OP_RESV_REPORT = 0x08, 0x09, 0x0C, 0x0D, 0x0E
+OP_RESV_ACQUIRE, OP_IO_MGMT_RECV, OP_RESV_RELEASE, OP_CANCEL, OP_COPY = 0x11, 0x12, 0x15, 0x18, 0x19
+OP_IO_MGMT_SEND, OP_ZONE_MGMT_SEND, OP_ZONE_MGMT_RECV, OP_ZONE_APPEND = 0x1D, 0x79, 0x7A, 0x7D
+
+# Log page identifiers (§5.16.1)
+LID_SUPPORTED_LOGS, LID_ERROR, LID_SMART, LID_FW_SLOT, LID_CHANGED_NS = 0x00, 0x01, 0x02, 0x03, 0x04
+LID_EFFECTS, LID_SELF_TEST, LID_TELEMETRY_HOST, LID_TELEMETRY_CTRL = 0x05, 0x06, 0x07, 0x08
+LID_ENDURANCE, LID_ANA, LID_PERSISTENT_EVENT, LID_SANITIZE = 0x09, 0x0C, 0x0D, 0x81
+
+# Feature identifiers (§5.27.1, Figure 317; 21h: TP4159)
+FID_ARBITRATION, FID_POWER_MGMT, FID_LBA_RANGE, FID_TEMP_THRESH = 0x01, 0x02, 0x03, 0x04
+FID_ERR_RECOVERY, FID_VOLATILE_WC, FID_NUM_QUEUES, FID_IRQ_COALESCE = 0x05, 0x06, 0x07, 0x08
+FID_IRQ_CONFIG, FID_WRITE_ATOMIC, FID_ASYNC_EVENT, FID_AUTO_PST = 0x09, 0x0A, 0x0B, 0x0C
+FID_HOST_MEM_BUF, FID_TIMESTAMP, FID_KATO, FID_HCTM, FID_NOPSC = 0x0D, 0x0E, 0x0F, 0x10, 0x11
+FID_RRL, FID_PLM_CONFIG, FID_PLM_WINDOW, FID_LBA_STS_INTERVAL = 0x12, 0x13, 0x14, 0x15
+FID_HOST_BEHAVIOR, FID_SANITIZE, FID_ENDURANCE_EVT_CFG, FID_IOCS_PROFILE = 0x16, 0x17, 0x18, 0x19
+FID_SPINUP_CONTROL, FID_CDQ = 0x1A, 0x21
+FID_ENH_CTRL_METADATA, FID_CTRL_METADATA, FID_NS_METADATA = 0x7D, 0x7E, 0x7F
+FID_SW_PROGRESS, FID_HOST_ID, FID_RESV_MASK, FID_RESV_PERSIST, FID_WRITE_PROTECT = \
+    0x80, 0x81, 0x82, 0x83, 0x84
+
+
+@dataclass(frozen=True)
+class Bits:
+    """A command field: `mask` bits from bit `shift` of CDW`dword`; a field that
+    runs past bit 31 goes on in the next dword (SLBA, LPO, NUMD)."""
+    dword: int
+    shift: int
+    mask: int
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        count = (self.shift + self.mask.bit_length() + 31) // 32
+        object.__setattr__(self, "_names", tuple(f"cdw{self.dword + i}" for i in range(count)))
+
+    def get(self, cmd: Command) -> int:
+        wide = 0
+        for i, name in enumerate(self._names):
+            wide |= getattr(cmd, name) << 32 * i
+        return wide >> self.shift & self.mask
+
+    def put(self, value: int) -> dict[str, int]:
+        """The dwords that hold `value` (ValueError if it does not fit)."""
+        if not 0 <= value <= self.mask:
+            raise ValueError(f"{value:#x} does not fit in {self.mask.bit_length()} bits")
+        wide = value << self.shift
+        return {name: wide >> 32 * i & 0xFFFFFFFF for i, name in enumerate(self._names)}
+
+
+# Identify (§5.17)
+CNS, CNTID, CSI = Bits(10, 0, 0xFF), Bits(10, 16, 0xFFFF), Bits(11, 24, 0xFF)
+# Get Log Page (§5.16); NUMD is NUMDU (CDW11 15:0) : NUMDL (CDW10 31:16)
+LID, LSP, RAE, NUMD = Bits(10, 0, 0xFF), Bits(10, 8, 0x7F), Bits(10, 15, 1), Bits(10, 16, 0xFFFFFFFF)
+LSI, LPO, LOG_CSI = Bits(11, 16, 0xFFFF), Bits(12, 0, (1 << 64) - 1), Bits(14, 24, 0xFF)
+# Get Features (§5.15) and Set Features (§5.27); EXHID: Host Identifier (81h) is 128-bit
+FID, SEL, SV, EXHID = Bits(10, 0, 0xFF), Bits(10, 8, 0x7), Bits(10, 31, 1), Bits(11, 0, 1)
+# NVM commands on LBAs (NVM Command Set §3.2): NLB is 0's based
+SLBA, NLB = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFFFF)
+# Format NVM (§5.14): LBA format (LBAFU:LBAFL), Secure Erase Settings
+LBAFL, SES, LBAFU = Bits(10, 0, 0xF), Bits(10, 9, 0x7), Bits(10, 12, 0x3)
+
+
+def command(opcode: int, nsid: int = 0, *fields: tuple[Bits, int], **dwords: int) -> Command:
+    """A Command with `fields` (Bits, value) OR-ed into its dwords."""
+    for bits, value in fields:
+        for name, word in bits.put(value).items():
+            dwords[name] = dwords.get(name, 0) | word
+    return Command(opcode, nsid, **dwords)
+
+
+# ------------------------------------------------------------------ builders and parsers
 
 def identify(cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> Command:
-    """§5.17: CDW10 CNS 7:0, CNTID 31:16; CDW11 CSI 31:24."""
-    return Command(OP_IDENTIFY, nsid=nsid, cdw10=cns | cntid << 16, cdw11=csi << 24)
+    return command(OP_IDENTIFY, nsid, (CNS, cns), (CNTID, cntid), (CSI, csi))
 
 
 def get_log_page(lid: int, length: int, offset: int = 0, nsid: int = NSID_ALL, lsp: int = 0,
                  lsi: int = 0, rae: bool = True, csi: int = 0) -> Command:
-    """§5.16: NUMD is 0's based dwords split over CDW10/CDW11; LPO in CDW12/13."""
     if length <= 0 or length % 4:
         raise ValueError(f"log length {length} is not a positive multiple of 4")
-    numd = length // 4 - 1
-    return Command(OP_GET_LOG_PAGE, nsid=nsid,
-                   cdw10=lid | (lsp & 0x7F) << 8 | int(rae) << 15 | (numd & 0xFFFF) << 16,
-                   cdw11=numd >> 16 | lsi << 16, cdw12=offset & 0xFFFFFFFF,
-                   cdw13=offset >> 32, cdw14=csi << 24)
+    return command(OP_GET_LOG_PAGE, nsid, (LID, lid), (LSP, lsp), (RAE, int(rae)),
+                   (NUMD, length // 4 - 1), (LSI, lsi), (LPO, offset), (LOG_CSI, csi))
 
 
 def log_page_fields(cmd: Command) -> tuple[int, int, int, int, int]:
     """(lid, lsp, length, offset, lsi) of a Get Log Page command."""
-    numd = (cmd.cdw10 >> 16) | (cmd.cdw11 & 0xFFFF) << 16
-    return (cmd.cdw10 & 0xFF, cmd.cdw10 >> 8 & 0x7F, (numd + 1) * 4,
-            cmd.cdw12 | cmd.cdw13 << 32, cmd.cdw11 >> 16)
+    return LID.get(cmd), LSP.get(cmd), log_page_len(cmd), LPO.get(cmd), LSI.get(cmd)
 
 
 def get_features(fid: int, sel: int = 0, nsid: int = 0, cdw11: int = 0) -> Command:
-    """§5.27: CDW10 FID 7:0, SEL 10:8."""
-    return Command(OP_GET_FEATURES, nsid=nsid, cdw10=fid | sel << 8, cdw11=cdw11)
+    return command(OP_GET_FEATURES, nsid, (FID, fid), (SEL, sel), cdw11=cdw11)
 
 
 def set_features(fid: int, cdw11: int, save: bool = False, nsid: int = 0,
                  cdw12: int = 0) -> Command:
-    """§5.27: CDW10 FID 7:0, SV 31."""
-    return Command(OP_SET_FEATURES, nsid=nsid, cdw10=fid | int(save) << 31, cdw11=cdw11,
-                   cdw12=cdw12)
+    return command(OP_SET_FEATURES, nsid, (FID, fid), (SV, int(save)), cdw11=cdw11, cdw12=cdw12)
 
 
 def rw(opcode: int, nsid: int, slba: int, nlb: int) -> Command:
-    """Read/Write/Compare/Write Zeroes: SLBA in CDW10/11, NLB 0's based in CDW12 15:0."""
-    if not 1 <= nlb <= 0x10000:
-        raise ValueError(f"{nlb} blocks is outside 1..65536")
-    return Command(opcode, nsid=nsid, cdw10=slba & 0xFFFFFFFF, cdw11=slba >> 32, cdw12=nlb - 1)
+    """Read/Write/Compare/Write Zeroes... of `nlb` (1..65536) blocks from `slba`."""
+    return command(opcode, nsid, (SLBA, slba), (NLB, nlb - 1))
 
 
 def rw_fields(cmd: Command) -> tuple[int, int]:
     """(slba, nlb) of an LBA command."""
-    return cmd.cdw10 | cmd.cdw11 << 32, (cmd.cdw12 & 0xFFFF) + 1
+    return SLBA.get(cmd), NLB.get(cmd) + 1
+
+
+# ------------------------------------------------------------------ data lengths
+# Each returns the bytes a command moves, from its dwords and the namespace's
+# block size (0: unknown), or None where that is not known here.
+
+# Get / Set Features data buffer by FID, (get, set) bytes: LBA Range Type (NVM Command Set
+# 1.0), APST (Figure 332), Host Memory Buffer (attributes, Figure 335; Set takes its
+# list from CDW12..15), Timestamp (Figure 337), Predictable Latency Mode Config, Host
+# Behavior Support, Host Metadata (7Dh-7Fh), Host Identifier (x2 with EXHID), CDQ (TP4159).
+# FIDs not listed (vendor specific, newer than this table) are bounded by MDTS only.
+FEATURE_DATA: dict[int, tuple[int, int]] = {
+    **dict.fromkeys((FID_ARBITRATION, FID_POWER_MGMT, FID_TEMP_THRESH, FID_ERR_RECOVERY,
+                     FID_VOLATILE_WC, FID_NUM_QUEUES, FID_IRQ_COALESCE, FID_IRQ_CONFIG,
+                     FID_WRITE_ATOMIC, FID_ASYNC_EVENT, FID_KATO, FID_HCTM, FID_NOPSC, FID_RRL,
+                     FID_PLM_WINDOW, FID_LBA_STS_INTERVAL, FID_SANITIZE, FID_ENDURANCE_EVT_CFG,
+                     FID_IOCS_PROFILE, FID_SPINUP_CONTROL, FID_SW_PROGRESS, FID_RESV_MASK,
+                     FID_RESV_PERSIST, FID_WRITE_PROTECT), (0, 0)),
+    FID_LBA_RANGE: (4096, 4096), FID_AUTO_PST: (256, 256), FID_HOST_MEM_BUF: (4096, 0),
+    FID_TIMESTAMP: (8, 8), FID_PLM_CONFIG: (512, 512), FID_HOST_BEHAVIOR: (512, 512),
+    **dict.fromkeys((FID_ENH_CTRL_METADATA, FID_CTRL_METADATA, FID_NS_METADATA), (4096, 4096)),
+    FID_HOST_ID: (8, 8), FID_CDQ: (8, 0),
+}
+
+
+def identify_len(cmd: Command, block: int = 0) -> int:
+    return IDENTIFY_SIZE
+
+
+def log_page_len(cmd: Command, block: int = 0) -> int:
+    return (NUMD.get(cmd) + 1) * 4
+
+
+def lba_len(cmd: Command, block: int = 0) -> int | None:
+    return (NLB.get(cmd) + 1) * block if block else None
+
+
+def feature_len(cmd: Command, block: int = 0) -> int | None:
+    fid = FID.get(cmd)
+    sizes = FEATURE_DATA.get(fid)
+    if sizes is None:
+        return None
+    size = sizes[cmd.opcode == OP_SET_FEATURES]
+    return size << EXHID.get(cmd) if fid == FID_HOST_ID else size

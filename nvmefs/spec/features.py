@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .commands import FEATURE_DATA
+
 SEL_CURRENT, SEL_DEFAULT, SEL_SAVED, SEL_SUPPORTED = 0, 1, 2, 3
 SEL_NAMES = {SEL_CURRENT: "current", SEL_DEFAULT: "default", SEL_SAVED: "saved",
              SEL_SUPPORTED: "supported capabilities"}
@@ -65,9 +67,13 @@ class Feature:
     title: str
     fields: tuple[BitField, ...]
     supported: Callable[[Mapping[str, Any]], bool]
-    data_len: int = 0                   # data buffer Get Features returns
     data: Callable[[bytes], dict[str, Any]] | None = None
     ns_specific: bool = False
+
+    @property
+    def data_len(self) -> int:
+        """The data buffer Get Features returns (spec.commands.FEATURE_DATA)."""
+        return FEATURE_DATA.get(self.fid, (0, 0))[0]
 
 
 def _always(idc: Mapping[str, Any]) -> bool:
@@ -89,10 +95,10 @@ FEATURES: dict[int, Feature] = {f.fid: f for f in [
             _bits("smart:0:8 nan:8:1 fan:9:1 tln:10:1 anacn:11:1 plealcn:12:1 lsian:13:1 "
                   "egealcn:14:1 nnsshdn:15:1 zdcn:27:1 dlpcn:31:1"), _always),
     Feature(0x0C, "apst", "Autonomous Power State Transition", _bits("apste:0:1"),
-            lambda idc: bool(idc["apsta"] & 1), 256, _apst),
+            lambda idc: bool(idc["apsta"] & 1), _apst),
     Feature(0x0D, "host-memory-buffer", "Host Memory Buffer", _bits("ehm:0:1 mr:1:1"),
-            lambda idc: idc["hmpre"] > 0, 4096, _hmb),
-    Feature(0x0E, "timestamp", "Timestamp", (), lambda idc: bool(idc["oncs"] >> 6 & 1), 8, _timestamp),
+            lambda idc: idc["hmpre"] > 0, _hmb),
+    Feature(0x0E, "timestamp", "Timestamp", (), lambda idc: bool(idc["oncs"] >> 6 & 1), _timestamp),
     Feature(0x0F, "keep-alive", "Keep Alive Timer", _bits("kato:0:32"), lambda idc: idc["kas"] > 0),
 ]}
 FEATURE_BY_NAME = {f.name: f for f in FEATURES.values()}

@@ -13,7 +13,6 @@ from typing import Any, Callable, Mapping
 from .fields import HEX, IEEE, U128, Field, Layout, kv_text, u, x
 from .opcodes import ADMIN, IO, name_of
 
-NSID_ALL = 0xFFFFFFFF
 
 # --- SMART / Health (02h, Figure 207)
 

@@ -1,98 +1,120 @@
-"""Opcode tables (NVMe Base 2.0 Figure 28 admin, NVM Command Set 1.0 Figure 18 I/O).
+"""The command table: one row per opcode nvmefs knows, per queue.
 
-Each row: name (as nvme-cli prints it), whether the command is free of side
-effects (the read-only passthru policy admits only those), the effects nvmefs
-assumes whatever the controller's effects log says (OR-ed in, as Linux does in
-nvme_known_admin_effects), and whether it would break the host's own queues
-(always refused).
+A row gives the command's name (as nvme-cli prints it), the least --passthru
+policy that admits it, the effects nvmefs assumes whatever the controller's
+effects log says (OR-ed in, as Linux does in nvme_known_admin_effects),
+whether it belongs to the host's own queues (always refused), and the rule
+for the bytes it moves. Opcode bits 1:0 give its data direction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+from . import commands as C
+from .queue import Command
 
 ADMIN, IO = "admin", "io"
+
+# --passthru policies, in increasing power (nvmefs(5) POLICY)
+POLICIES = ("off", "info", "readonly", "all")
+OFF, INFO, READONLY, ALL = POLICIES
 
 # Data transfer direction, opcode bits 1:0 (Base 2.0 §3.3.3.1, Figure 83)
 XFER_NONE, XFER_TO_CTRL, XFER_FROM_CTRL, XFER_BIDI = 0, 1, 2, 3
 
-# Commands Supported and Effects bits (Figure 210), repeated here to keep this module a leaf
+# Commands Supported and Effects bits (Figure 210), repeated from logs to keep logs -> opcodes one way
 _LBCC, _NCC, _NIC, _CCC, _CSE_ONE_NS, _CSE_ALL = 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 16, 1 << 17
 
-
-@dataclass(frozen=True)
-class Opcode:
-    name: str
-    read_only: bool = False     # no side effect on the controller, its namespaces or data
-    effects: int = 0            # effects assumed in addition to the effects log
-    queue_mgmt: bool = False    # owned by the backend: refused in every policy
+DataLen = Callable[[Command, int], int | None]     # (command, block size) -> bytes it moves
 
 
 def direction(opcode: int) -> int:
     return opcode & 0x3
 
 
-_ADMIN = {
-    0x00: Opcode("Delete I/O Submission Queue", queue_mgmt=True),
-    0x01: Opcode("Create I/O Submission Queue", queue_mgmt=True),
-    0x02: Opcode("Get Log Page", read_only=True),
-    0x04: Opcode("Delete I/O Completion Queue", queue_mgmt=True),
-    0x05: Opcode("Create I/O Completion Queue", queue_mgmt=True),
-    0x06: Opcode("Identify", read_only=True),
-    0x08: Opcode("Abort", queue_mgmt=True),
-    0x09: Opcode("Set Features", effects=_CCC),
-    0x0A: Opcode("Get Features", read_only=True),
-    0x0C: Opcode("Asynchronous Event Request", queue_mgmt=True),
-    0x0D: Opcode("Namespace Management", effects=_NCC | _NIC),
-    0x10: Opcode("Firmware Commit", effects=_CCC | _NIC),
-    0x11: Opcode("Firmware Image Download", effects=_CCC),
-    0x14: Opcode("Device Self-test", effects=_CCC),
-    0x15: Opcode("Namespace Attachment", effects=_NCC | _NIC),
-    0x18: Opcode("Keep Alive", queue_mgmt=True),
-    0x19: Opcode("Directive Send", effects=_CCC),
-    0x1A: Opcode("Directive Receive", read_only=True),
-    0x1C: Opcode("Virtualization Management", effects=_CCC),
-    0x1D: Opcode("NVMe-MI Send", effects=_CCC),
-    0x1E: Opcode("NVMe-MI Receive"),
-    0x20: Opcode("Capacity Management", effects=_NCC | _NIC),
-    0x24: Opcode("Lockdown", effects=_CCC),
-    0x3D: Opcode("Track Send", effects=_CCC),
-    0x3E: Opcode("Track Receive", read_only=True),
-    0x41: Opcode("Migration Send", effects=_CCC),
-    0x42: Opcode("Migration Receive", read_only=True),
-    0x45: Opcode("Controller Data Queue", queue_mgmt=True),   # its memory must be the backend's
-    0x7C: Opcode("Doorbell Buffer Config", queue_mgmt=True),
-    0x7F: Opcode("Fabrics Command", queue_mgmt=True),
-    0x80: Opcode("Format NVM", effects=_LBCC | _NCC | _CSE_ALL),
-    0x81: Opcode("Security Send", effects=_LBCC | _CCC),
-    0x82: Opcode("Security Receive"),
-    0x84: Opcode("Sanitize", effects=_LBCC | _CSE_ALL),
-    0x86: Opcode("Get LBA Status", read_only=True),
-}
+@dataclass(frozen=True)
+class Opcode:
+    queue: str
+    opcode: int
+    name: str
+    policy: str = ALL               # the least policy that admits it
+    effects: int = 0                # effects assumed in addition to the effects log
+    queue_mgmt: bool = False        # owned by the backend: refused in every policy
+    data_len: DataLen | None = None     # None: any length, up to MDTS
 
-_IO = {
-    0x00: Opcode("Flush"),
-    0x01: Opcode("Write", effects=_LBCC),
-    0x02: Opcode("Read", read_only=True),
-    0x04: Opcode("Write Uncorrectable", effects=_LBCC),
-    0x05: Opcode("Compare", read_only=True),
-    0x08: Opcode("Write Zeroes", effects=_LBCC),
-    0x09: Opcode("Dataset Management", effects=_LBCC),
-    0x0C: Opcode("Verify", read_only=True),
-    0x0D: Opcode("Reservation Register", effects=_CCC),
-    0x0E: Opcode("Reservation Report", read_only=True),
-    0x11: Opcode("Reservation Acquire", effects=_CCC),
-    0x12: Opcode("I/O Management Receive", read_only=True),
-    0x15: Opcode("Reservation Release", effects=_CCC),
-    0x18: Opcode("Cancel", queue_mgmt=True),
-    0x19: Opcode("Copy", effects=_LBCC),
-    0x1D: Opcode("I/O Management Send", effects=_CCC),
-    0x79: Opcode("Zone Management Send", effects=_LBCC),
-    0x7A: Opcode("Zone Management Receive", read_only=True),
-    0x7D: Opcode("Zone Append", effects=_LBCC),
-}
+    @property
+    def direction(self) -> int:
+        return direction(self.opcode)
 
-OPCODES: dict[str, dict[int, Opcode]] = {ADMIN: _ADMIN, IO: _IO}
+    @property
+    def read_only(self) -> bool:
+        """Free of side effects on the controller, its namespaces and data."""
+        return self.policy != ALL
+
+
+_ROWS = [
+    Opcode(ADMIN, C.OP_DELETE_IO_SQ, "Delete I/O Submission Queue", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_CREATE_IO_SQ, "Create I/O Submission Queue", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_GET_LOG_PAGE, "Get Log Page", INFO, data_len=C.log_page_len),
+    Opcode(ADMIN, C.OP_DELETE_IO_CQ, "Delete I/O Completion Queue", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_CREATE_IO_CQ, "Create I/O Completion Queue", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_IDENTIFY, "Identify", INFO, data_len=C.identify_len),
+    Opcode(ADMIN, C.OP_ABORT, "Abort", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_SET_FEATURES, "Set Features", effects=_CCC, data_len=C.feature_len),
+    Opcode(ADMIN, C.OP_GET_FEATURES, "Get Features", INFO, data_len=C.feature_len),
+    Opcode(ADMIN, C.OP_ASYNC_EVENT, "Asynchronous Event Request", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_NS_MGMT, "Namespace Management", effects=_NCC | _NIC),
+    Opcode(ADMIN, C.OP_FW_COMMIT, "Firmware Commit", effects=_CCC | _NIC),
+    Opcode(ADMIN, C.OP_FW_DOWNLOAD, "Firmware Image Download", effects=_CCC),
+    Opcode(ADMIN, C.OP_SELF_TEST, "Device Self-test", effects=_CCC),
+    Opcode(ADMIN, C.OP_NS_ATTACH, "Namespace Attachment", effects=_NCC | _NIC),
+    Opcode(ADMIN, C.OP_KEEP_ALIVE, "Keep Alive", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_DIRECTIVE_SEND, "Directive Send", effects=_CCC),
+    Opcode(ADMIN, C.OP_DIRECTIVE_RECV, "Directive Receive", READONLY),
+    Opcode(ADMIN, C.OP_VIRT_MGMT, "Virtualization Management", effects=_CCC),
+    Opcode(ADMIN, C.OP_MI_SEND, "NVMe-MI Send", effects=_CCC),
+    Opcode(ADMIN, C.OP_MI_RECV, "NVMe-MI Receive"),
+    Opcode(ADMIN, C.OP_CAPACITY_MGMT, "Capacity Management", effects=_NCC | _NIC),
+    Opcode(ADMIN, C.OP_LOCKDOWN, "Lockdown", effects=_CCC),
+    Opcode(ADMIN, C.OP_TRACK_SEND, "Track Send", effects=_CCC),
+    Opcode(ADMIN, C.OP_TRACK_RECV, "Track Receive", READONLY),
+    Opcode(ADMIN, C.OP_MIGRATION_SEND, "Migration Send", effects=_CCC),
+    Opcode(ADMIN, C.OP_MIGRATION_RECV, "Migration Receive", READONLY),
+    Opcode(ADMIN, C.OP_CDQ, "Controller Data Queue", queue_mgmt=True),   # its memory must be ours
+    Opcode(ADMIN, C.OP_DBBUF, "Doorbell Buffer Config", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_FABRICS, "Fabrics Command", queue_mgmt=True),
+    Opcode(ADMIN, C.OP_FORMAT_NVM, "Format NVM", effects=_LBCC | _NCC | _CSE_ALL),
+    Opcode(ADMIN, C.OP_SECURITY_SEND, "Security Send", effects=_LBCC | _CCC),
+    Opcode(ADMIN, C.OP_SECURITY_RECV, "Security Receive"),
+    Opcode(ADMIN, C.OP_SANITIZE, "Sanitize", effects=_LBCC | _CSE_ALL),
+    Opcode(ADMIN, C.OP_GET_LBA_STATUS, "Get LBA Status", READONLY),
+
+    Opcode(IO, C.OP_FLUSH, "Flush"),
+    Opcode(IO, C.OP_WRITE, "Write", effects=_LBCC, data_len=C.lba_len),
+    Opcode(IO, C.OP_READ, "Read", READONLY, data_len=C.lba_len),
+    Opcode(IO, C.OP_WRITE_UNCOR, "Write Uncorrectable", effects=_LBCC),
+    Opcode(IO, C.OP_COMPARE, "Compare", READONLY, data_len=C.lba_len),
+    Opcode(IO, C.OP_WRITE_ZEROES, "Write Zeroes", effects=_LBCC),
+    Opcode(IO, C.OP_DSM, "Dataset Management", effects=_LBCC),
+    Opcode(IO, C.OP_VERIFY, "Verify", READONLY),
+    Opcode(IO, C.OP_RESV_REGISTER, "Reservation Register", effects=_CCC),
+    Opcode(IO, C.OP_RESV_REPORT, "Reservation Report", READONLY),
+    Opcode(IO, C.OP_RESV_ACQUIRE, "Reservation Acquire", effects=_CCC),
+    Opcode(IO, C.OP_IO_MGMT_RECV, "I/O Management Receive", READONLY),
+    Opcode(IO, C.OP_RESV_RELEASE, "Reservation Release", effects=_CCC),
+    Opcode(IO, C.OP_CANCEL, "Cancel", queue_mgmt=True),
+    Opcode(IO, C.OP_COPY, "Copy", effects=_LBCC),
+    Opcode(IO, C.OP_IO_MGMT_SEND, "I/O Management Send", effects=_CCC),
+    Opcode(IO, C.OP_ZONE_MGMT_SEND, "Zone Management Send", effects=_LBCC),
+    Opcode(IO, C.OP_ZONE_MGMT_RECV, "Zone Management Receive", READONLY),
+    Opcode(IO, C.OP_ZONE_APPEND, "Zone Append", effects=_LBCC, data_len=C.lba_len),
+    Opcode(IO, C.OP_FABRICS, "Fabrics Command", queue_mgmt=True),
+]
+
+OPCODES: dict[str, dict[int, Opcode]] = {q: {r.opcode: r for r in _ROWS if r.queue == q}
+                                         for q in (ADMIN, IO)}
 
 
 def lookup(queue: str, opcode: int) -> Opcode | None:
@@ -104,6 +126,8 @@ def name_of(queue: str, opcode: int) -> str:
     return op.name if op else "Unknown"
 
 
-def is_vendor(queue: str, opcode: int) -> bool:
-    """Vendor specific opcodes: admin C0h-FFh, I/O 80h-FFh."""
-    return opcode >= (0xC0 if queue == ADMIN else 0x80)
+def changes_namespaces(opcode: int, queue: str) -> bool:
+    """The command may change namespaces or their identify data (effects NCC or NIC,
+    Figure 210), so identify must be read again before the next request is checked."""
+    op = OPCODES[queue].get(opcode)
+    return op is not None and bool(op.effects & (_NCC | _NIC))

@@ -1,11 +1,12 @@
-"""passthru/ requests and responses (DESIGN §3, nvmefs(5)): parsing, validation, encoding.
+"""passthru/ requests and answers (DESIGN §3, nvmefs(5)): one request's parsing,
+validation and encoding; spec.session cuts a mailbox's byte stream into requests.
 
-A write carries one or more requests, binary or text, told apart per request:
-a text request starts with a lowercase key (`opcode=...`), a binary one is a
-64-byte submission queue entry whose bytes 24..39 are nvmefs's transfer
-descriptor (data_len, metadata_len, timeout_ms, reserved). Everything is
+A binary request is a 64-byte submission queue entry whose bytes 24..39 are
+nvmefs's transfer descriptor (data_len, metadata_len, timeout_ms, reserved),
+then data_len bytes for a host-to-controller opcode. A text request is a line
+of `key=value` words named as nvme-cli's passthru options. Everything is
 checked here, before anything can reach a controller; a bad request is a
-`RequestError` with a specific errno and the requests before it stand.
+`RequestError` with a specific errno.
 """
 
 from __future__ import annotations
@@ -16,40 +17,39 @@ from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
 from . import status as S
-from .commands import OP_GET_LOG_PAGE, OP_IDENTIFY, log_page_fields, rw_fields
-from .identify import IDENTIFY_SIZE
 from .logs import CCC, CSE_MASK, CSUPP, LBCC, NCC, NIC
-from .opcodes import (
-    ADMIN,
-    IO,
-    XFER_BIDI,
-    XFER_FROM_CTRL,
-    XFER_NONE,
-    XFER_TO_CTRL,
-    direction,
-    is_vendor,
-    lookup,
-)
-from .queue import CQE_LAYOUT, FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion
+from .opcodes import (ALL, IO, POLICIES, XFER_BIDI, XFER_FROM_CTRL, XFER_NONE, XFER_TO_CTRL, Opcode,
+                      direction, lookup, name_of)
+from .queue import (CQE_SIZE, FUSE_MASK, PSDT_MASK, SC_MASK, SCT_MASK, SCT_SHIFT, SQE_SIZE, Command,
+                    Completion)
 
-POLICIES = ("readonly", "all", "off")
 MAX_TIMEOUT_MS = 3_600_000
+MAX_DATA_LEN = 256 << 20    # bytes: the most one request moves, whatever MDTS (65536 blocks of 4 KiB)
 INTRUSIVE = LBCC | NCC | NIC | CCC | CSE_MASK
 
-# opcode flags cid nsid cdw2 cdw3 mptr data_len metadata_len timeout_ms reserved cdw10..15
-_REQ = struct.Struct("<BBHIIIQIIII6I")
+# The binary request, in order: name -> (struct code, text format; None: binary only)
+_FIELDS = {
+    "opcode": ("B", "#04x"), "flags": ("B", "d"), "cid": ("H", "d"), "nsid": ("I", "#x"),
+    "cdw2": ("I", "#x"), "cdw3": ("I", "#x"), "mptr": ("Q", None), "data_len": ("I", "d"),
+    "metadata_len": ("I", "d"), "timeout_ms": ("I", "d"), "reserved": ("I", None),
+    **{f"cdw{i}": ("I", "#x") for i in range(10, 16)},
+}
+_REQ = struct.Struct("<" + "".join(code for code, _ in _FIELDS.values()))
 assert _REQ.size == SQE_SIZE
+_TEXT_KEYS = {k: (1 << 8 * struct.calcsize(code)) - 1 for k, (code, fmt) in _FIELDS.items() if fmt}
+_CMD_KEYS = [k for k in _TEXT_KEYS if k in Command._fields]
 
-# NVM commands whose data length follows from the command (NLB x block size)
-_LBA_DATA = {0x01, 0x02, 0x05}          # Write, Read, Compare
-_LBA_NO_DATA = {0x04, 0x08, 0x0C}       # Write Uncorrectable, Write Zeroes, Verify
+TEXT_START = frozenset(b"abcdefghijklmnopqrstuvwxyz# \t\r\n")   # what a text request starts with
 
 
 class RequestError(Exception):
-    def __init__(self, err: int, message: str, truncated: bool = False):
+    """A refused request: `errno` for the write, the message for the log, and
+    `start`, the stream offset where the request began."""
+
+    def __init__(self, err: int, message: str, start: int = 0):
         super().__init__(message)
         self.errno = err
-        self.truncated = truncated      # the write ended inside this request
+        self.start = start
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Target:
     """What validation needs to know of the queue a mailbox feeds."""
     queue: str
     policy: str = "readonly"
-    max_transfer: int = 0                          # bytes; 0: no limit
+    max_transfer: int = 0                          # bytes; 0: no limit (MAX_DATA_LEN still is)
     namespaces: Mapping[int, int] | None = None    # active NSID -> block size
     effects: Sequence[int] | None = None           # this queue's effects words, if known
 
@@ -69,57 +69,38 @@ class PassthruRequest(NamedTuple):
     data_out: bytes
     text: bool
     data_in_len: int        # data_len for controller-to-host opcodes, else 0
+    metadata_len: int = 0
+
+    @property
+    def data_out_len(self) -> int:
+        """The bytes of data that follow a binary entry."""
+        return self.data_len if direction(self.cmd.opcode) == XFER_TO_CTRL else 0
 
 
-def _request(cmd: Command, data_len: int, timeout_ms: int, data_out: bytes, text: bool) -> PassthruRequest:
+def _request(cmd: Command, data_len: int, timeout_ms: int, data_out: bytes, text: bool,
+             metadata_len: int) -> PassthruRequest:
     data_in = data_len if direction(cmd.opcode) == XFER_FROM_CTRL else 0
-    return PassthruRequest(cmd, data_len, timeout_ms, data_out, text, data_in)
-
-
-_TEXT_START = frozenset(b"abcdefghijklmnopqrstuvwxyz# \t\r\n")
-
-
-def is_text(buf: bytes, pos: int) -> bool:
-    """Text starts with a lowercase key, '#' or blank space; a binary entry's
-    second byte (its flags) is always zero."""
-    return buf[pos] in _TEXT_START and (pos + 1 >= len(buf) or buf[pos + 1] != 0)
+    return PassthruRequest(cmd, data_len, timeout_ms, data_out, text, data_in, metadata_len)
 
 
 # ------------------------------------------------------------------ parsing
 
-def parse_binary(buf: bytes, pos: int) -> tuple[PassthruRequest, int]:
-    """One binary request at `pos`; returns it and the position after it."""
-    if len(buf) - pos < SQE_SIZE:
-        raise RequestError(errno.EINVAL, f"truncated entry: {len(buf) - pos} of {SQE_SIZE} bytes",
-                           truncated=True)
-    (opcode, flags, cid, nsid, cdw2, cdw3, mptr, data_len, md_len, timeout_ms, reserved,
-     c10, c11, c12, c13, c14, c15) = _REQ.unpack_from(buf, pos)
+def parse_header(buf: bytes | bytearray, pos: int) -> PassthruRequest:
+    """The binary entry at `pos` (64 bytes there), without its data."""
+    (opcode, flags, cid, nsid, cdw2, cdw3, mptr, data_len, metadata_len, timeout_ms, reserved,
+     *cdw) = _REQ.unpack_from(buf, pos)      # in _FIELDS order
     if reserved:
         raise RequestError(errno.EINVAL, "reserved bytes 36..39 are not zero")
-    if mptr:
-        raise RequestError(errno.EINVAL, "metadata pointer bytes 16..23 are not zero")
-    cmd = Command(opcode, nsid, c10, c11, c12, c13, c14, c15, cdw2, cdw3, flags, cid)
-    _check_shape(cmd, data_len, md_len)
-    end = pos + SQE_SIZE
-    data = b""
-    if direction(opcode) == XFER_TO_CTRL and data_len:
-        if len(buf) - end < data_len:
-            raise RequestError(errno.EINVAL, f"truncated data: {len(buf) - end} of {data_len} bytes",
-                               truncated=True)
-        data = buf[end:end + data_len]
-        end += data_len
-    return _request(cmd, data_len, timeout_ms, data, False), end
+    cmd = Command(opcode, nsid, *cdw, cdw2, cdw3, flags, cid, mptr)
+    return _request(cmd, data_len, timeout_ms, b"", False, metadata_len)
 
 
-_TEXT_KEYS = {"opcode": 0xFF, "flags": 0xFF, "cid": 0xFFFF, "nsid": 0xFFFFFFFF,
-              "cdw2": 0xFFFFFFFF, "cdw3": 0xFFFFFFFF, "data_len": 0xFFFFFFFF,
-              "metadata_len": 0xFFFFFFFF, "timeout_ms": 0xFFFFFFFF,
-              **{f"cdw{i}": 0xFFFFFFFF for i in range(10, 16)}}
-
-
-def parse_text_line(line: str) -> PassthruRequest | None:
-    """`key=value` words (nvme-cli's passthru option names); None for a blank line."""
-    words = line.split("#", 1)[0].split()
+def parse_text_line(line: bytes | bytearray) -> PassthruRequest | None:
+    """`key=value` words (nvme-cli's passthru option names); None for a blank or comment line."""
+    try:
+        words = line.decode("ascii").split("#", 1)[0].split()
+    except UnicodeDecodeError:
+        raise RequestError(errno.EINVAL, "text request is not ASCII") from None
     if not words:
         return None
     fields: dict[str, int] = {}
@@ -146,136 +127,129 @@ def parse_text_line(line: str) -> PassthruRequest | None:
         fields[key] = number
     if "opcode" not in fields:
         raise RequestError(errno.EINVAL, "no opcode=")
-    opcode = fields["opcode"]
-    data_len = fields.get("data_len", len(data) if data is not None else 0)
-    if data is not None:
-        if direction(opcode) != XFER_TO_CTRL:
-            raise RequestError(errno.EINVAL, "data= is for host-to-controller opcodes")
-        if len(data) != data_len:
-            raise RequestError(errno.EINVAL, f"data= has {len(data)} bytes, data_len={data_len}")
-    elif direction(opcode) == XFER_TO_CTRL and data_len:
-        raise RequestError(errno.EINVAL, f"data_len={data_len} needs data=<hex>")
-    cmd = Command(opcode, fields.get("nsid", 0), *(fields.get(f"cdw{i}", 0) for i in range(10, 16)),
-                  cdw2=fields.get("cdw2", 0), cdw3=fields.get("cdw3", 0),
-                  flags=fields.get("flags", 0), cid=fields.get("cid", 0))
-    _check_shape(cmd, data_len, fields.get("metadata_len", 0))
-    return _request(cmd, data_len, fields.get("timeout_ms", 0), data or b"", True)
+    cmd = Command(**{k: fields.get(k, 0) for k in _CMD_KEYS})
+    req = _request(cmd, fields.get("data_len", len(data or b"")), fields.get("timeout_ms", 0),
+                   data or b"", True, fields.get("metadata_len", 0))
+    if data is not None and req.data_out_len != len(data):
+        raise RequestError(errno.EINVAL, f"data= has {len(data)} bytes, for opcode "
+                           f"{req.cmd.opcode:#04x} with data_len={req.data_len}")
+    if data is None and req.data_out_len:
+        raise RequestError(errno.EINVAL, f"data_len={req.data_len} needs data=<hex>")
+    return req
 
 
-def _check_shape(cmd: Command, data_len: int, md_len: int) -> None:
-    if cmd.flags & FUSE_MASK:
-        raise RequestError(errno.EINVAL, "fused operations are not supported (flags bits 1:0)")
-    if cmd.flags & PSDT_MASK:
-        raise RequestError(errno.EINVAL, "PSDT/SGL selection is not allowed (flags bits 7:6)")
-    if cmd.flags:
-        raise RequestError(errno.EINVAL, "reserved flags bits 5:2 are set")
-    if md_len:
-        raise RequestError(errno.EOPNOTSUPP, "metadata buffers are not supported")
-    xfer = direction(cmd.opcode)
-    if xfer == XFER_BIDI:
-        raise RequestError(errno.EINVAL, "bidirectional opcodes (bits 1:0 = 11b) are not supported")
-    if xfer == XFER_NONE and data_len:
-        raise RequestError(errno.EINVAL, f"opcode {cmd.opcode:#04x} transfers no data, data_len={data_len}")
-    if data_len % 4:
-        raise RequestError(errno.EINVAL, f"data_len={data_len} is not a multiple of 4")
+def plausible_opcode(t: Target, opcode: int) -> bool:
+    """Whether a binary entry for t's queue may start with this byte: nvmefs or the
+    effects log knows the opcode (a text start byte that is not one starts text)."""
+    return lookup(t.queue, opcode) is not None or \
+        (t.effects is not None and bool(t.effects[opcode] & CSUPP))
 
 
-def parse(buf: bytes, pos: int = 0) -> tuple[PassthruRequest | None, int]:
-    """The request starting at `pos` (None for a blank text line) and where the next starts."""
-    if not is_text(buf, pos):
-        return parse_binary(buf, pos)
-    nl = buf.find(b"\n", pos)
-    end = len(buf) if nl < 0 else nl + 1
-    try:
-        line = buf[pos:end].decode("ascii")
-    except UnicodeDecodeError:
-        raise RequestError(errno.EINVAL, "text request is not ASCII") from None
-    return parse_text_line(line), end
+# ------------------------------------------------------------------ policies
+
+_RANK = {p: i for i, p in enumerate(POLICIES)}
 
 
-def split_write(buf: bytes, target: "Target") -> tuple[list[PassthruRequest], int, RequestError | None]:
-    """The valid requests of one write, up to the first bad one: (requests, bytes they
-    span, the error that stopped the walk or None)."""
-    requests: list[PassthruRequest] = []
-    pos = 0
-    while pos < len(buf):
-        try:
-            req, nxt = parse(buf, pos)
-            if req is not None:
-                validate(req, target)
-        except RequestError as e:
-            return requests, pos, e
-        if req is not None:
-            requests.append(req)
-        pos = nxt
-    return requests, pos, None
+def weaker(a: str, b: str) -> str:
+    """The less powerful of two policies."""
+    return min(a, b, key=_RANK.__getitem__)
+
+
+def _needs(row: Opcode | None, effect: int | None) -> int:
+    """Rank of the least policy that admits an opcode (past the last: none does). Opcodes
+    nvmefs does not know, and those the table or the effects log mark LBCC, NCC, NIC, CCC
+    or CSE, need all."""
+    if row is not None and row.queue_mgmt:
+        return len(POLICIES)
+    if row is None or (row.effects | (effect or 0)) & INTRUSIVE:
+        return _RANK[ALL]
+    return _RANK[row.policy]
+
+
+def admits(policy: str, queue: str, op: int, effect: int | None = None) -> bool:
+    """off admits nothing; info Identify, Get Log Page, Get Features; readonly the commands
+    free of side effects; all everything but queue management."""
+    return _RANK[policy] >= _needs(lookup(queue, op), effect)
 
 
 # ------------------------------------------------------------------ validation against the target
 
+# Checks of the request alone: (is bad, errno, message)
+_SHAPE = [
+    (lambda r: r.cmd.flags & FUSE_MASK, errno.EINVAL, "fused operations are not supported (flags 1:0)"),
+    (lambda r: r.cmd.flags & PSDT_MASK, errno.EINVAL, "PSDT/SGL selection is not allowed (flags 7:6)"),
+    (lambda r: r.cmd.flags, errno.EINVAL, "reserved flags bits 5:2 are set"),
+    (lambda r: r.cmd.mptr, errno.EINVAL, "metadata pointer bytes 16..23 are not zero"),
+    (lambda r: r.metadata_len, errno.EOPNOTSUPP, "metadata buffers are not supported"),
+    (lambda r: direction(r.cmd.opcode) == XFER_BIDI, errno.EINVAL,
+     "bidirectional opcodes (bits 1:0 = 11b) are not supported"),
+    (lambda r: direction(r.cmd.opcode) == XFER_NONE and r.data_len, errno.EINVAL,
+     "this opcode transfers no data (bits 1:0 = 00b), but data_len is not 0"),
+    (lambda r: r.data_len % 4, errno.EINVAL, "data_len is not a multiple of 4"),
+]
+
+
 def validate(req: PassthruRequest, t: Target) -> None:
-    """Raise RequestError unless `req` may be sent to the controller behind `t`."""
-    op, cmd = req.cmd.opcode, req.cmd
-    known = lookup(t.queue, op)
-    if known and known.queue_mgmt:
-        raise RequestError(errno.EPERM, f"{known.name} belongs to the host's own queues")
+    """Raise RequestError unless `req` may be sent to the controller behind `t`.
+    Queue management comes first (EPERM in every policy)."""
+    cmd = req.cmd
+    op = cmd.opcode
+    row = lookup(t.queue, op)
+    if row is not None and row.queue_mgmt:
+        raise RequestError(errno.EPERM, f"{row.name} belongs to the daemon's own queues")
+    for bad, err, message in _SHAPE:
+        if bad(req):
+            raise RequestError(err, f"opcode {op:#04x} data_len={req.data_len}: {message}")
     effect = t.effects[op] if t.effects is not None else None
-    if known is None and not (effect or 0) & CSUPP:
+    if row is None and not (effect or 0) & CSUPP:
         raise RequestError(errno.EOPNOTSUPP, f"unknown {t.queue} opcode {op:#04x}")
-    check_policy(t.policy, t.queue, op, effect)
+    need = _needs(row, effect)
+    if _RANK[t.policy] < need:
+        raise RequestError(errno.EACCES, f"{name_of(t.queue, op)} (opcode {op:#04x}) needs "
+                           f"--passthru={POLICIES[need]}; this mailbox has {t.policy}")
     if effect is not None and not effect & CSUPP:
         raise RequestError(errno.EOPNOTSUPP, f"opcode {op:#04x} is not in the controller's effects log")
-    if t.max_transfer and req.data_len > t.max_transfer:
-        raise RequestError(errno.E2BIG, f"data_len={req.data_len} is above MDTS ({t.max_transfer} bytes)")
+    limit = min(t.max_transfer or MAX_DATA_LEN, MAX_DATA_LEN)
+    if req.data_len > limit:
+        raise RequestError(errno.E2BIG, f"data_len={req.data_len} is above {limit} bytes "
+                           f"(MDTS {t.max_transfer or 'none'}, nvmefs {MAX_DATA_LEN})")
     if req.timeout_ms > MAX_TIMEOUT_MS:
         raise RequestError(errno.ERANGE, f"timeout_ms={req.timeout_ms} is above {MAX_TIMEOUT_MS}")
+    block = 0
     if t.queue == IO and t.namespaces is not None:
         if cmd.nsid not in t.namespaces:
             raise RequestError(errno.ENXIO, f"nsid={cmd.nsid} is not an active namespace")
-        _check_lba_data(req, t.namespaces.get(cmd.nsid, 0))
-    if t.queue == ADMIN:
-        _check_admin_data(req)
+        block = t.namespaces[cmd.nsid]
+    size = row.data_len(cmd, block) if row is not None and row.data_len else None
+    if size is not None and req.data_len != size:
+        raise RequestError(errno.EINVAL, f"data_len={req.data_len}, but this {row.name} moves "
+                           f"{size} bytes")
 
 
-def admits(policy: str, queue: str, op: int, effect: int | None = None) -> bool:
-    """readonly admits only known side-effect-free opcodes the effects log (if any)
-    marks without LBCC/NCC/NIC/CCC/CSE; all admits everything; off nothing."""
-    if policy != "readonly":
-        return policy == "all"
-    known = lookup(queue, op)
-    return known is not None and known.read_only and not is_vendor(queue, op) \
-        and not (known.effects & INTRUSIVE) and (effect is None or not effect & INTRUSIVE)
+# ------------------------------------------------------------------ requests, as a caller writes them
+
+def encode_request(opcode: int, *, data: bytes = b"", text: bool = False, **fields: int) -> bytes:
+    """A request, binary (the 64-byte entry, then `data`) or a text line. `fields`:
+    nsid cdw2 cdw3 cdw10..cdw15 cid flags data_len (default len(data)) metadata_len
+    timeout_ms, and for binary only mptr and reserved. Nothing is checked, so tests
+    can make bad requests too."""
+    unknown = fields.keys() - _FIELDS.keys()
+    if unknown:
+        raise TypeError(f"encode_request: no field {', '.join(sorted(unknown))}")
+    values = {**dict.fromkeys(_FIELDS, 0), "data_len": len(data), **fields, "opcode": opcode}
+    if not text:
+        return _REQ.pack(*values.values()) + data
+    if values["mptr"] or values["reserved"]:
+        raise ValueError("mptr and reserved have no text key")
+    defaults = {"data_len": len(data)}      # what the parser assumes for a key left out
+    words = [f"{k}={values[k]:{fmt}}" for k, (_, fmt) in _FIELDS.items()
+             if fmt and (k == "opcode" or values[k] != defaults.get(k, 0))]
+    if data:
+        words.append(f"data={data.hex()}")
+    return " ".join(words).encode() + b"\n"
 
 
-def check_policy(policy: str, queue: str, op: int, effect: int | None = None) -> None:
-    """RequestError (EACCES) unless the policy admits the opcode."""
-    if not admits(policy, queue, op, effect):
-        why = "passthru is off (--passthru=off)" if policy == "off" else \
-            f"opcode {op:#04x} has side effects; needs --passthru=all"
-        raise RequestError(errno.EACCES, why)
-
-
-def _check_lba_data(req: PassthruRequest, block: int) -> None:
-    op = req.cmd.opcode
-    if op in _LBA_DATA and block:
-        need = rw_fields(req.cmd)[1] * block
-        if req.data_len != need:
-            raise RequestError(errno.EINVAL, f"data_len={req.data_len}, but NLB needs {need} bytes")
-    elif op in _LBA_NO_DATA and req.data_len:
-        raise RequestError(errno.EINVAL, "this command transfers no data")
-
-
-def _check_admin_data(req: PassthruRequest) -> None:
-    op = req.cmd.opcode
-    if op == OP_IDENTIFY and req.data_len != IDENTIFY_SIZE:
-        raise RequestError(errno.EINVAL, f"Identify returns {IDENTIFY_SIZE} bytes, data_len={req.data_len}")
-    if op == OP_GET_LOG_PAGE:
-        need = log_page_fields(req.cmd)[2]
-        if req.data_len != need:
-            raise RequestError(errno.EINVAL, f"data_len={req.data_len}, but NUMD asks {need} bytes")
-
-
-# ------------------------------------------------------------------ responses
+# ------------------------------------------------------------------ answers
 
 def xxd(data: bytes) -> str:
     """`xxd` hexdump lines (`xxd -r` gives the bytes back)."""
@@ -295,16 +269,33 @@ def status_line(cpl: Completion, data_len: int) -> str:
             f"cid={cpl.cid} data_len={data_len} name={S.describe(cpl.status).name}\n")
 
 
-def encode_response(req: PassthruRequest, cpl: Completion) -> bytes:
-    """The bytes a reader gets for one request: fixed framing whatever the status.
-    The CID is the caller's; the phase tag is set."""
-    data_in = req.data_in_len
-    data = cpl.data
-    if len(data) != data_in:
-        data = data[:data_in].ljust(data_in, b"\0")
+def response_parts(req: PassthruRequest, cpl: Completion) -> list[bytes]:
+    """The pieces of one request's answer, in order, whatever the status: binary, the
+    CQE (the caller's CID, phase tag set) then exactly data_in_len bytes of data (cut or
+    zero-filled; not copied when it fits); text, its status line, xxd lines, an empty line."""
+    n = req.data_in_len
+    data = cpl.data if len(cpl.data) == n else cpl.data[:n].ljust(n, b"\0")
+    cpl = cpl._replace(cid=req.cmd.cid)
     if req.text:
-        cpl = cpl._replace(cid=req.cmd.cid)
-        return (status_line(cpl, data_in) + xxd(data) + "\n").encode()
-    status_phase = (cpl.status << 1 | 1) & 0xFFFF
-    return CQE_LAYOUT.pack(cpl.dw0, cpl.dw1, cpl.sqhd, cpl.sqid, req.cmd.cid, status_phase) + data
+        return [(status_line(cpl, n) + xxd(data) + "\n").encode()]
+    return [cpl.encode(phase=1), data] if n else [cpl.encode(phase=1)]
 
+
+def encode_response(req: PassthruRequest, cpl: Completion) -> bytes:
+    return b"".join(response_parts(req, cpl))
+
+
+_XXD_LINE = len(xxd(bytes(16))) - 16       # an xxd line less its 16 characters of text
+# the status with the longest name (SCT and SC decide it; DNR, More and CRD do not)
+_LONGEST_NAMED = max(range((SCT_MASK << SCT_SHIFT | SC_MASK) + 1),
+                     key=lambda status: len(S.describe(status).name))
+
+
+def answer_size(req: PassthruRequest) -> int:
+    """The bytes of this request's answer: exact for binary; for text, exact but for the
+    status name, counted at its longest (so never less than the answer takes)."""
+    n = req.data_in_len
+    if not req.text:
+        return CQE_SIZE + n
+    line = status_line(Completion(_LONGEST_NAMED, cid=req.cmd.cid), n)
+    return len(line) + n + _XXD_LINE * -(-n // 16) + 1

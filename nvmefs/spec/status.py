@@ -197,5 +197,13 @@ def describe(status: int) -> Status:
     return Status(f"{prefix}_SC_{sc:#04x}", E.EIO)
 
 
+CODE_MASK = SCT_MASK << SCT_SHIFT | SC_MASK     # SCT and SC: what a status means
+
+
+def code(status: int) -> int:
+    """The status without its DNR and More bits, to compare with the constants here."""
+    return status & CODE_MASK
+
+
 def errno_of(status: int) -> int:
-    return 0 if status & 0x7FF == 0 else describe(status).errno
+    return 0 if code(status) == 0 else describe(status).errno

@@ -88,3 +88,18 @@ async def test_batch_keeps_request_order(uri):
         assert [cpl.data[0] for cpl in cpls] == list(range(32))
         stats = c.statistics()
         assert stats.submitted >= 64 and stats.in_flight == 0
+
+
+async def test_a_batch_may_mix_queues_and_submit_is_a_batch_of_one(uri):
+    async with controller(uri) as c:
+        nsid = c.nsids[0]
+        reqs = [Request("admin", commands.identify(1).with_cid(1), data_in_len=4096),
+                Request("io", commands.rw(OP_READ, nsid, LBA, 1).with_cid(2), data_in_len=4096),
+                Request("admin", commands.get_log_page(2, 512).with_cid(3), data_in_len=512)]
+        before = c.statistics().submitted
+        cpls = await c.submit_batch(reqs)
+        assert [x.cid for x in cpls] == [1, 2, 3] and all(x.ok for x in cpls)
+        assert cpls[0].data[24:64] == c.id_ctrl_raw[24:64]           # MN
+        assert (await c.submit(reqs[1])).ok
+        stats = c.statistics()
+        assert stats.submitted - before == 4 and stats.in_flight == 0

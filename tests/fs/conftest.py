@@ -8,6 +8,8 @@ import os
 import trio
 
 from nvmefs import fs
+from nvmefs.fs.access import Access
+from nvmefs.fs.budget import MOUNT, SESSION
 from nvmefs.backends import opened
 
 
@@ -17,18 +19,21 @@ class Ctx:
 
 
 @contextlib.asynccontextmanager
-async def mounted_ops(*uris: str, passthru: str = "readonly"):
+async def mounted_ops(*uris: str, passthru: str = "readonly", others: str = "info",
+                      max_buffer: int = MOUNT, session_budget: int = SESSION):
     """Operations over opened controllers named nvme0, nvme1, ..., with a nursery
-    for the work requests leave behind (passthru batches)."""
-    async with contextlib.AsyncExitStack() as stack:
-        ctrls = []
-        for i, uri in enumerate(uris or ("sim:size=64M",)):
-            ctrl = await stack.enter_async_context(opened(uri, i))
-            ctrl.name = f"nvme{i}"
-            ctrls.append(ctrl)
-        ops = fs.build(ctrls, os.getuid(), os.getgid(), passthru=passthru)
-        async with trio.open_nursery() as nursery:
-            ops.tree.nursery = nursery
+    for the work requests leave behind (passthru batches). The mounting user is
+    this process's; Ctx() is root, Ctx(uid=1000) another user."""
+    async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            ctrls = []
+            for i, uri in enumerate(uris or ("sim:size=64M,command_log=100000",)):
+                ctrl = await stack.enter_async_context(opened(uri, i))
+                ctrl.name = f"nvme{i}"
+                ctrls.append(ctrl)
+            ops = fs.build(ctrls, nursery, os.getuid(), os.getgid(),
+                           access=Access(os.getuid(), passthru, others),
+                           max_buffer=max_buffer, session_budget=session_budget)
             yield ops, ctrls
             nursery.cancel_scope.cancel()
 

@@ -17,7 +17,8 @@ async def test_one_directory_per_controller():
     async with mounted_ops("sim:size=64M", "sim:size=64M,namespaces=2") as (ops, ctrls):
         assert await listing(ops, "") == ["nvme0", "nvme1"]
         assert await listing(ops, "nvme0") == ["info", "identify", "identify.json", "identify.txt",
-                                               "log", "features", "ns", "passthru", "reset"]
+                                               "log", "features", "ns", "passthru", "reset",
+                                               "faults"]
         assert await listing(ops, "nvme1/ns") == ["1", "2"]
         sn0 = json.loads(await read_all(ops, "nvme0/identify.json"))["sn"]
         sn1 = json.loads(await read_all(ops, "nvme1/identify.json"))["sn"]
@@ -68,9 +69,9 @@ async def test_a_snapshot_does_not_change_under_an_open_file():
 async def test_large_log_reads_at_the_offset_asked():
     async with mounted_ops() as (ops, (ctrl,)):
         inode = await inode_of(ops, "nvme0/log/telemetry-host")
-        assert (await ops.getattr(inode, Ctx())).st_size == 1 << 20
         sent_before = len(ctrl.command_log)
         fh = await open_file(ops, "nvme0/log/telemetry-host")
+        assert (await ops.getattr(inode, Ctx())).st_size == 1 << 20
         gen = logs.TELEMETRY.decode(await ops.read(fh, 0, 512))["hostdgn"]
         block = await ops.read(fh, 1000 * 512 + 3, 40)
         text = f"nvmefs-sim telemetry gen={gen} block=1000\n".encode()
@@ -82,6 +83,32 @@ async def test_large_log_reads_at_the_offset_asked():
                    for _, c in list(ctrl.command_log)[sent_before:]]
         assert max(fetched) <= 4096          # never the whole megabyte
         assert json.loads(await read_all(ops, "nvme0/log/telemetry-host.json"))["dalb3"] == 2047
+
+
+async def test_a_new_capture_makes_the_older_open_stale():
+    async with mounted_ops() as (ops, (ctrl,)):
+        first = await open_file(ops, "nvme0/log/telemetry-host")
+        assert len(await ops.read(first, 1000 * 512, 64)) == 64
+        second = await open_file(ops, "nvme0/log/telemetry-host")
+        with pytest.raises(FUSEError) as e:
+            await ops.read(first, 1000 * 512, 64)
+        assert e.value.errno == errno.ESTALE
+        assert await ops.read(first, 0, 16) != b""        # its own header stays readable
+        gen = logs.TELEMETRY.decode(await ops.read(second, 0, 512))["hostdgn"]
+        text = f"nvmefs-sim telemetry gen={gen} block=1000\n".encode()
+        assert (await ops.read(second, 1000 * 512, 64)).startswith(text)
+        for fh in (first, second):
+            await ops.release(fh)
+
+
+async def test_listing_and_stat_send_no_command():
+    async with mounted_ops() as (ops, (ctrl,)):
+        await listing(ops, "nvme0/log")          # Supported Log Pages, once per generation
+        before = len(ctrl.command_log)
+        for path in ("nvme0/log", "nvme0/features", "nvme0", "nvme0/ns/1"):
+            for name in await listing(ops, path):
+                await ops.getattr(await inode_of(ops, f"{path}/{name}"), Ctx())
+        assert len(ctrl.command_log) == before
 
 
 async def test_by_id_names_and_unsupported_ids():

@@ -7,16 +7,17 @@ Usage: passthru_worker.py MAILBOX WORKER REQUESTS
 
 import os
 import random
-import struct
 import sys
+
+from nvmefs.spec.passthru import encode_request
+from nvmefs.spec.queue import Completion
 
 BLOCK = 512
 
 
 def sqe(opcode, cid, nsid=1, lba=0, nlb=1, data=b"", data_in=0):
-    data_len = len(data) or data_in
-    return struct.pack("<BBHIIIQIIII6I", opcode, 0, cid, nsid, 0, 0, 0, data_len, 0, 0, 0,
-                       lba & 0xFFFFFFFF, lba >> 32, nlb - 1, 0, 0, 0) + data
+    return encode_request(opcode, cid=cid, nsid=nsid, cdw10=lba & 0xFFFFFFFF, cdw11=lba >> 32,
+                          cdw12=nlb - 1, data=data, data_len=len(data) or data_in)
 
 
 def main() -> int:
@@ -66,9 +67,9 @@ def main() -> int:
                 assert chunk, "EOF before the answer"
                 stream += chunk
             rec, stream = bytes(stream[:size]), stream[size:]
-            got_cid, status = struct.unpack_from("<HH", rec, 12)
-            assert got_cid == cid, (got_cid, cid)
-            assert status >> 1 == 0, hex(status)
+            cpl = Completion.decode(rec[:16])
+            assert cpl.cid == cid, (cpl.cid, cid)
+            assert cpl.ok, hex(cpl.status)
             if data is not None:
                 assert rec[16:] == data
         assert not stream

@@ -10,7 +10,7 @@ import pytest
 
 from .guest import Guest, NvmeDevice
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]   # one boot runs the whole device suite
 
 SUITE = "tests/linux tests/backend/test_contract.py"
 

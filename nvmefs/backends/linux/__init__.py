@@ -112,7 +112,7 @@ class LinuxController(Controller):
         mdts, kernel = super().max_transfer, self.sys.max_transfer_kernel()
         return min(x for x in (mdts, kernel) if x) if mdts or kernel else 0
 
-    async def _start(self) -> None:
+    async def _start(self, nursery: trio.Nursery) -> None:
         try:
             self.fd = os.open(self.sys.dev, os.O_RDWR | os.O_CLOEXEC)
             for ng in self.sys.generic:
@@ -130,7 +130,7 @@ class LinuxController(Controller):
         except OSError as e:
             await self.aclose()
             raise TransportError(str(e), e.errno) from None
-        self.nursery.start_soon(self.ring.run)
+        await nursery.start(self.ring.run)
 
     async def aclose(self) -> None:
         for fd in [self.fd, *self.ng.values()]:
@@ -179,7 +179,9 @@ class LinuxController(Controller):
         deadline. Commands still out then are answered host-aborted (the driver
         aborts them with its own timeout, set to theirs)."""
         if self.admin_path == "ioctl" and any(r.queue == ADMIN for r in reqs):
-            return await super().submit_batch(reqs)
+            if all(r.queue == ADMIN for r in reqs):
+                return await super().submit_batch(reqs)
+            return [(await self.submit_batch([r]))[0] for r in reqs]    # each by its path
         n = len(reqs)
         buf, offsets = _buffers(reqs)
         sqes = b"".join(r.cmd.encode() for r in reqs)

@@ -78,8 +78,9 @@ class Ring:
     def _finish(self, bid: int) -> None:
         self.pending.pop(bid).done.set()
 
-    async def run(self) -> None:
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The reaper: wake on the eventfd, land completions, wake finished batches."""
+        task_status.started()
         while True:
             await trio.lowlevel.wait_readable(self.efd)
             try:

@@ -4,21 +4,40 @@ The queue layer here owns what a real controller's queues would: command
 identifiers on the wire, the SQ head pointer, injected faults, Controller
 Fatal Status, surprise removal, aborts and resets. Command semantics live in
 `device.SimDevice`.
+
+Time: the commands of a batch arrive together and are carried in turn. A
+command that takes time (io_latency, a delay fault) completes that long after
+it arrived, not after the command before it completed, so a batch takes about
+as long as its slowest command, as on a controller that works on a whole queue.
+
+Media: a namespace in a file is read and written by one worker thread per
+controller (a CapacityLimiter of 1, so its commands reach the file in order);
+the event loop never waits for the disk.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
+from typing import Sequence
+
 import trio
 
 from ...spec.opcodes import ADMIN, IO
-from ...spec.queue import Completion
+from ...spec.queue import Command, Completion
 from ..base import Controller, ControllerFatal, ControllerGone, Request
 from .config import parse_uri
-from .device import Result, SimDevice
-from .faults import Faults
+from .device import Media, Result, SimDevice, open_stores
+from .faults import Fault, Faults, parse_fault
+
+log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 1024
 SQID = {ADMIN: 0, IO: 1}
+CLOSE_TIMEOUT = 10.0        # seconds aclose waits for the media thread to finish its command
+
+# When the commands of the batch being carried arrived (trio's clock); per task.
+_arrived: contextvars.ContextVar[float] = contextvars.ContextVar("nvmefs_sim_arrived")
 
 
 class SimController(Controller):
@@ -28,72 +47,105 @@ class SimController(Controller):
         super().__init__(uri)
         self.config = parse_uri(uri, index)
         self.index = index
-        self.faults = Faults()
+        self.faults = Faults([parse_fault(rule) for rule in self.config.fault])
         self.device: SimDevice | None = None
         self.fatal = False
         self.removed = False
         self._next_cid = {ADMIN: 0, IO: 0}
         self._sqhd = {ADMIN: 0, IO: 0}
         self._hung: set[int] = set()     # requests a timeout fault swallowed, by id()
+        self._disk = trio.CapacityLimiter(1)     # the media thread of a file-backed sim
+        self._closed = False
 
-    async def _start(self) -> None:
-        self.device = SimDevice(self.config, trio.current_time, self.index)
+    async def _start(self, nursery: trio.Nursery) -> None:
+        if self.config.path:
+            stores = await trio.to_thread.run_sync(open_stores, self.config, self.index,
+                                                   limiter=self._disk)
+        else:
+            stores = open_stores(self.config, self.index)
+        self.device = SimDevice(self.config, trio.current_time, self.index, stores)
 
     def info(self) -> dict[str, str]:
         return {"backend": "sim", "address": self.uri, "transport": "sim"}
 
     @property
+    def max_transfer(self) -> int:
+        """MDTS in bytes; 0 (sim:mdts=0): no limit."""
+        return self.device.max_transfer if self.device else super().max_transfer
+
+    @property
     def command_log(self):
-        """Every (queue, Command) that reached the controller, oldest first."""
+        """The last `sim:command_log=N` (queue, Command) pairs that reached the
+        controller, oldest first (empty with the default N = 0)."""
         return self.device.command_log
 
     def set_temperature(self, kelvin: int) -> None:
         self.device.temperature = kelvin
-
-    def _concurrent(self, reqs) -> bool:
-        # only latency or an armed fault makes a command wait
-        return bool(self.faults.rules or self.config.io_latency)
 
     def _check(self) -> None:
         if self.removed:
             raise ControllerGone(f"{self.uri}: controller removed")
         if self.fatal:
             raise ControllerFatal(f"{self.uri}: controller fatal status (CSTS.CFS)")
+        if self._closed:
+            raise ControllerGone(f"{self.uri}: controller closed")
 
     def _wire_cid(self, queue: str) -> int:
         cid = self._next_cid[queue]
         self._next_cid[queue] = (cid + 1) & 0xFFFF
         return cid
 
+    async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
+        token = _arrived.set(trio.current_time())
+        try:
+            return await super().submit_batch(reqs)
+        finally:
+            _arrived.reset(token)
+
     async def _execute(self, req: Request) -> Completion:
         self._check()
         wire = req.cmd.with_cid(self._wire_cid(req.queue))
         fault = self.faults.take(req.queue, wire)
-        if req.queue == IO and self.config.io_latency:
-            await trio.sleep(self.config.io_latency / 1000)
+        takes = self.config.io_latency / 1000 if req.queue == IO else 0.0
+        if fault is not None and fault.kind == "delay":
+            takes += fault.delay
+        if takes:
+            await trio.sleep_until(_arrived.get(trio.current_time()) + takes)
             self._check()
-        if fault is not None:
+        if fault is not None and fault.kind != "delay":
             res = await self._faulted(fault, req, wire)
         else:
-            res = self.device.execute(req.queue, wire, req.data_out, req.data_in_len)
-            await trio.lowlevel.checkpoint()
+            res = await self._run(req.queue, wire, req.data_out, req.data_in_len)
         sqhd = self._sqhd[req.queue] = (self._sqhd[req.queue] + 1) % QUEUE_DEPTH
         return Completion(res.status, res.dw0, 0, sqhd, SQID[req.queue], req.cmd.cid, res.data)
 
-    async def _faulted(self, fault, req: Request, wire) -> Result:
+    async def _run(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        """Execute on the device; media work of a file-backed namespace in the media thread."""
+        res = self.device.submit(queue, cmd, data_out, data_in_len)
+        if isinstance(res, Media):
+            res = await self._media(res)
+        return self.device.complete(queue, cmd, res, data_in_len)
+
+    async def _media(self, work: Media) -> Result:
+        try:
+            if self.device.file_backed:
+                out = await trio.to_thread.run_sync(work.run, limiter=self._disk)
+            else:
+                out = work.run()
+        except OSError as e:    # the backing file failed: a media error, as a disk reports it
+            log.warning("%s: namespace store failed: %s", self.uri, e)
+            return Result(work.failed)
+        return work.done(out)
+
+    async def _faulted(self, fault: Fault, req: Request, wire: Command) -> Result:
         if fault.kind == "fatal":
             self.fatal = True
             self._check()
         if fault.kind == "remove":
             self.removed = True
             self._check()
-        if fault.kind == "delay":
-            await trio.sleep(fault.delay)
-            self._check()
-            return self.device.execute(req.queue, wire, req.data_out, req.data_in_len)
-        self.device.command_log.append((req.queue, wire))
+        self.device.log_command(req.queue, wire)
         if fault.kind == "status":
-            await trio.lowlevel.checkpoint()
             self.device.record_error(req.queue, wire, fault.status)
             return Result(fault.status, 0, bytes(req.data_in_len))
         self._hung.add(id(req))            # timeout: hang until aborted
@@ -116,17 +168,25 @@ class SimController(Controller):
         self.fatal = False
         self._hung.clear()
         self._sqhd = {ADMIN: 0, IO: 0}
-        self.device.activate_pending_firmware()
-        # Controller Level Reset: features return to their saved values (§5.27.1)
-        self.device.features = {fid: dict(v) for fid, v in self.device.saved.items()}
+        self.device.controller_reset()
 
     async def aclose(self) -> None:
-        if self.device is not None:
-            self.device.close()
+        self._closed = True         # no command starts from now on
+        device = self.device
+        if device is not None:
+            if device.file_backed:
+                # after the media thread's command in progress, if any; bounded even
+                # when closing because of a cancellation
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                    async with self._disk:
+                        await trio.to_thread.run_sync(device.close)
+            else:
+                device.close()
         await super().aclose()
 
     def statistics(self):
         stats = super().statistics()
-        stats.extra.update(faults_fired=self.faults.fired, hung=len(self._hung),
+        stats.extra.update(faults_fired=self.faults.fired, faults_armed=len(self.faults.rules),
+                           hung=len(self._hung),
                            error_log_entries=self.device.error_count if self.device else 0)
         return stats

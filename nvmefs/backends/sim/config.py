@@ -1,9 +1,11 @@
 """`sim` URIs: `sim` or `sim:key=value,key=value`.
 
 Keys: namespaces (count), size (per namespace, with K/M/G/T suffix), lba (512
-or 4096), model, serial, firmware, mdts, path (a directory for sparse backing
-files; default: memory), temperature (kelvin), io_latency (milliseconds every
-I/O command takes). Unknown keys and bad values are errors, so a typo never
+or 4096), model, serial, firmware, mdts (0: no transfer limit), path (a
+directory for sparse backing files; default: memory), temperature (kelvin),
+io_latency (milliseconds every I/O command takes), command_log (keep the last N
+commands for tests; default 0), fault (a fault rule, `faults.parse_fault`; the
+key may be repeated). Unknown keys and bad values are errors, so a typo never
 silently mounts something else.
 """
 
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .faults import parse_fault
+
+MAX_COMMAND_LOG = 1_000_000
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -35,6 +40,8 @@ class SimConfig:
     path: str = ""
     temperature: int = 313
     io_latency: int = 0
+    command_log: int = 0
+    fault: tuple[str, ...] = ()     # rules as written; repeatable in the URI
 
     def validate(self) -> "SimConfig":
         if not 1 <= self.namespaces <= 32:
@@ -49,6 +56,10 @@ class SimConfig:
             raise ValueError("temperature must be 200..400 K")
         if not 0 <= self.io_latency <= 3_600_000:
             raise ValueError("io_latency must be 0..3600000 ms")
+        if not 0 <= self.command_log <= MAX_COMMAND_LOG:
+            raise ValueError(f"command_log must be 0..{MAX_COMMAND_LOG}")
+        for rule in self.fault:
+            parse_fault(rule)       # FaultError (a ValueError) says what is wrong
         for name, limit in (("model", 40), ("serial", 20), ("firmware", 8)):
             value = getattr(self, name)
             if len(value) > limit or not value.isascii():
@@ -69,6 +80,8 @@ def parse_uri(uri: str, index: int = 0) -> SimConfig:
             raise ValueError(f"bad sim option {item!r}; known: {', '.join(types)}")
         if key == "size":
             values[key] = parse_size(value)
+        elif key == "fault":
+            values[key] = (*values.get(key, ()), value)     # type: ignore[misc]
         elif types[key] == "int":
             try:
                 values[key] = int(value, 0)

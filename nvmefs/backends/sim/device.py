@@ -1,9 +1,16 @@
 """The simulated controller's command set: state plus opcode -> handler tables.
 
 Synchronous and deterministic: time comes from the `now` function it is given.
-Handlers return a `Result` (status, DW0, data in); a failing status also adds
+Handlers return a `Result` (status, DW0, data in), or `Media` where the command
+touches a namespace's store: the store work (`Media.run`, which the controller
+runs in a worker thread for a file-backed namespace) and what makes the result
+of it (`Media.done`, back on the caller's thread). A failing status also adds
 an Error Information log entry. The Commands Supported and Effects log is
 built from the same tables, so it always matches what is implemented.
+
+Every field a command carries is checked the way a controller checks it: a
+value it cannot take is answered with a status (Invalid Field in Command and
+the others the spec names), never an exception.
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 from ...spec import features as F
 from ...spec import identify as ID
 from ...spec import logs as L
 from ...spec import status as S
-from ...spec.commands import log_page_fields, rw_fields
+from ...spec.commands import NSID_ALL, log_page_fields, rw_fields
 from ...spec.logs import CCC, CSUPP, LBCC, NCC, NIC
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Command
@@ -33,7 +40,15 @@ class Result(NamedTuple):
     data: bytes = b""
 
 
-Handler = Callable[[Command, bytes, int], Result]
+class Media(NamedTuple):
+    """A command's work on namespace media, and how it completes."""
+    run: Callable[[], Any]              # the store I/O; may raise OSError (blocking for files)
+    done: Callable[[Any], Result]       # the result from what `run` returned
+    failed: int                         # the status if `run` raised OSError
+
+
+Outcome = Union[Result, Media]
+Handler = Callable[[Command, bytes, int], Outcome]
 
 LBA_FORMATS = (9, 12)          # LBADS of LBA formats 0 and 1: 512 and 4096 bytes
 MAX_NAMESPACES = 32
@@ -41,6 +56,35 @@ ERROR_ENTRIES = 64
 SELF_TEST_SECONDS = {1: 2.0, 2: 10.0}      # short, extended (scaled down from minutes)
 TELEMETRY_DALB = (7, 63, 2047)             # last block of data areas 1..3: 1 MiB in all
 CSE_ONE_NS = 1 << 16
+MAX_FW_IMAGE = 16 << 20                    # bytes a firmware download may add up to
+
+# Statuses spec.status has no name for (Base 2.0 Figures 96 and 98).
+FEATURE_NOT_PER_NS = S.make_status(S.CMD_SPECIFIC, 0x0F, dnr=True)
+OVERLAPPING_RANGE = S.make_status(S.CMD_SPECIFIC, 0x14, dnr=True)
+WRITE_FAULT = S.make_status(S.MEDIA, 0x80)
+READ_ERROR = S.make_status(S.MEDIA, 0x81)     # Unrecovered Read Error
+
+# Dword fields spec has no helper for.
+# Format NVM CDW10 (Base 2.0 Figure 300): LBAF 3:0, MSET 4, PI 7:5, PIL 8, SES 11:9, LBAFU 13:12
+FORMAT_PI_SHIFT, FORMAT_SES_SHIFT, FORMAT_LBAFU_SHIFT = 5, 9, 12
+SES_USER_DATA_ERASE, SES_CRYPTO_ERASE = 1, 2
+# Firmware Commit CDW10 (Figure 195): FS 2:0, CA 5:3, BPID 31
+FW_CA_REPLACE, FW_CA_REPLACE_ACTIVATE, FW_CA_ACTIVATE, FW_CA_REPLACE_NOW = 0, 1, 2, 3
+# Device Self-test CDW10 STC 3:0 (Figure 300): 1 short, 2 extended, Fh abort
+STC_ABORT = 0xF
+# Dataset Management CDW11 (NVM Figure 40): AD, deallocate
+DSM_AD = 1 << 2
+# Timestamp data (Figure 337) byte 6: Synch bit 0, Timestamp Origin bits 3:1
+TIMESTAMP_MAX = 1 << 48
+ORIGIN_RESET, ORIGIN_SET_FEATURES = 0, 1
+# APST entry (Figure 332): ITPS 7:3, ITPT 31:8; bits 2:0 and 63:32 reserved
+APST_RESERVED = 0x7 | 0xFFFFFFFF << 32
+# Temperature Threshold (Figure 326): THSEL 0 over, 1 under
+THSEL_OVER, THSEL_UNDER = 0, 1
+# Power Management (Figure 328): WH 0 none, 1 extended idle, 2 heavy sequential writes
+MAX_WORKLOAD_HINT = 2
+NPSS = 2                                   # power states 0..2, the last non-operational
+NOPS_STATES = {2}                          # the PSD flagged PSD_FLAG_NOPS in id_ctrl
 
 
 def ok(data: bytes = b"", dw0: int = 0) -> Result:
@@ -86,15 +130,19 @@ class SimDevice:
         0x08: Op("write_zeroes", LBCC), 0x09: Op("dsm", LBCC), 0x0C: Op("verify"),
     }
 
-    def __init__(self, cfg: SimConfig, now: Callable[[], float], index: int = 0):
+    def __init__(self, cfg: SimConfig, now: Callable[[], float], index: int = 0,
+                 stores: list[MemoryStore | FileStore] | None = None):
+        """`stores`: one per namespace, as `open_stores` makes them (made here if None)."""
         self.cfg = cfg
         self.now = now
         self.index = index
         self.born = now()
         self.namespaces: dict[int, Namespace] = {}
         lbaf = LBA_FORMATS.index(cfg.lba.bit_length() - 1)
-        for nsid in range(1, cfg.namespaces + 1):
-            self.namespaces[nsid] = Namespace(nsid, cfg.size // cfg.lba, lbaf, self._store(nsid))
+        if stores is None:
+            stores = open_stores(cfg, index)
+        for nsid, store in enumerate(stores, 1):
+            self.namespaces[nsid] = Namespace(nsid, cfg.size // cfg.lba, lbaf, store)
         self.temperature = cfg.temperature
         self.counters = dict(bytes_read=0, bytes_written=0, reads=0, writes=0, busy=0.0)
         self.errors: deque[bytes] = deque(maxlen=ERROR_ENTRIES)
@@ -110,14 +158,19 @@ class SimDevice:
         self.features = {fid: self._feature_defaults(fid) for fid, feat in F.FEATURES.items()
                          if feat.supported(self.CAPS)}
         self.saved = {fid: dict(v) for fid, v in self.features.items()}
-        self.command_log: deque[tuple[str, Command]] = deque(maxlen=1_000_000)
+        # the last commands that reached the controller, for tests (sim:command_log=N)
+        self.command_log: deque[tuple[str, Command]] = deque(maxlen=cfg.command_log)
         self._id_ctrl: tuple[tuple[str, int], bytes] = (("", -1), b"")
 
-    def _store(self, nsid: int) -> MemoryStore | FileStore:
-        if self.cfg.path:
-            name = f"nvmefs-sim{self.index}-ns{nsid}.img"
-            return FileStore(os.path.join(self.cfg.path, name), self.cfg.size)
-        return MemoryStore(self.cfg.size)
+    @property
+    def file_backed(self) -> bool:
+        """Whether store I/O is disk I/O (to be done off the event loop)."""
+        return bool(self.cfg.path)
+
+    @property
+    def max_transfer(self) -> int:
+        """MDTS in bytes; 0: no limit."""
+        return 4096 << self.cfg.mdts if self.cfg.mdts else 0
 
     def close(self) -> None:
         for ns in self.namespaces.values():
@@ -125,22 +178,51 @@ class SimDevice:
 
     # ------------------------------------------------------------------ dispatch
 
-    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
-        """Run one command; data in is exactly `data_in_len` bytes (the host buffer)."""
-        self.command_log.append((queue, cmd))
+    def submit(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+        """Start one command: its result, or the media work it needs (then
+        `Media.done`, or `Media.failed`, and `complete` finish it)."""
+        self.log_command(queue, cmd)
         op = (self.ADMIN_OPS if queue == ADMIN else self.IO_OPS).get(cmd.opcode)
         if op is None:
-            res = fail(S.INVALID_OPCODE)
-        elif max(len(data_out), data_in_len) > 4096 << self.cfg.mdts:
-            res = fail(S.INVALID_FIELD)
-        else:
-            res = getattr(self, op.handler)(cmd, data_out, data_in_len)
-        if res.status & 0x7FF:
+            return fail(S.INVALID_OPCODE)
+        limit = self.max_transfer
+        if limit and max(len(data_out), data_in_len) > limit:
+            return fail(S.INVALID_FIELD)
+        return getattr(self, op.handler)(cmd, data_out, data_in_len)
+
+    def complete(self, queue: str, cmd: Command, res: Result, data_in_len: int) -> Result:
+        """The completion of a started command; data in is exactly `data_in_len`
+        bytes (the host buffer); a failure goes to the error log."""
+        if res.status & 0x7FF:            # SCT and SC: not a success
             self.record_error(queue, cmd, res.status)
             return Result(res.status, res.dw0, bytes(data_in_len))
         if len(res.data) != data_in_len:
             return Result(res.status, res.dw0, res.data[:data_in_len].ljust(data_in_len, b"\0"))
         return res
+
+    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        """Run one command at once, media work included (blocking for a file store)."""
+        res = self.submit(queue, cmd, data_out, data_in_len)
+        if isinstance(res, Media):
+            try:
+                out = res.run()
+            except OSError:
+                res = fail(res.failed)
+            else:
+                res = res.done(out)
+        return self.complete(queue, cmd, res, data_in_len)
+
+    def log_command(self, queue: str, cmd: Command) -> None:
+        self.command_log.append((queue, cmd))
+
+    def controller_reset(self) -> None:
+        """Controller Level Reset: features return to their saved values (§5.27.1),
+        except the timestamp, which keeps counting; pending firmware activates."""
+        self.activate_pending_firmware()
+        timestamp = self.features.get(0x0E)
+        self.features = {fid: dict(v) for fid, v in self.saved.items()}
+        if timestamp is not None:
+            self.features[0x0E] = timestamp
 
     def record_error(self, queue: str, cmd: Command, status: int) -> None:
         self.error_count += 1
@@ -286,53 +368,124 @@ class SimDevice:
 
     # ------------------------------------------------------------------ features
 
-    def _feature_defaults(self, fid: int) -> dict[str, int]:
+    def _feature_defaults(self, fid: int) -> dict[str, Any]:
         return {0x01: dict(value=0x03), 0x02: dict(value=0), 0x04: dict(value=343, over=343, under=0),
                 0x05: dict(value=0), 0x06: dict(value=1), 0x07: dict(value=63 | 63 << 16),
                 0x08: dict(value=0), 0x0B: dict(value=0), 0x0C: dict(value=0, data=bytes(256)),
-                0x0E: dict(value=0, data=bytes(8), at=self.now())}[fid]
+                0x0E: dict(value=0, stamp=0, at=self.now(), origin=ORIGIN_RESET)}[fid]
+
+    @staticmethod
+    def _saveable(fid: int) -> bool:
+        return fid != 0x0E          # the timestamp is a clock, not a setting
+
+    @staticmethod
+    def _changeable(fid: int) -> bool:
+        return fid != 0x07          # queues are allocated once
+
+    def _feature_ns(self, fid: int, nsid: int, setting: bool) -> int:
+        """The status the NSID gives a Get/Set Features of `fid` (0: fine). One value
+        serves every namespace of a namespace specific feature; 0h and FFFFFFFFh
+        name them all."""
+        if nsid in (0, NSID_ALL):
+            return S.SUCCESS
+        if F.FEATURES[fid].ns_specific:
+            return S.SUCCESS if nsid in self.namespaces else S.INVALID_NS
+        if setting:
+            return FEATURE_NOT_PER_NS
+        return S.SUCCESS if 1 <= nsid <= MAX_NAMESPACES else S.INVALID_NS
+
+    def _timestamp(self, value: dict[str, Any]) -> bytes:
+        """Timestamp data (Figure 337): milliseconds, counting on from when it was
+        set (wrapping at 48 bits, as a counter of that width does), and the origin."""
+        ms = (value["stamp"] + int((self.now() - value["at"]) * 1000)) % TIMESTAMP_MAX
+        return ms.to_bytes(6, "little") + bytes([value["origin"] << 1, 0])
 
     def get_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, sel = cmd.cdw10 & 0xFF, cmd.cdw10 >> 8 & 0x7
-        feat = F.FEATURES.get(fid)
         if fid not in self.features or sel > F.SEL_SUPPORTED:
             return fail(S.INVALID_FIELD)
+        st = self._feature_ns(fid, cmd.nsid, setting=False)
+        if st:
+            return fail(st)
+        feat = F.FEATURES[fid]
         if sel == F.SEL_SUPPORTED:
-            caps = F.CAP_SAVEABLE | F.CAP_CHANGEABLE | (F.CAP_NS_SPECIFIC if feat.ns_specific else 0)
-            return ok(dw0=caps if fid != 0x07 else F.CAP_SAVEABLE)
-        state = {F.SEL_CURRENT: self.features, F.SEL_DEFAULT: None, F.SEL_SAVED: self.saved}[sel]
-        value = state[fid] if state is not None else self._feature_defaults(fid)
+            caps = (F.CAP_SAVEABLE if self._saveable(fid) else 0) \
+                | (F.CAP_CHANGEABLE if self._changeable(fid) else 0) \
+                | (F.CAP_NS_SPECIFIC if feat.ns_specific else 0)
+            return ok(dw0=caps)
+        if sel == F.SEL_SAVED and not self._saveable(fid):
+            sel = F.SEL_DEFAULT     # a feature that cannot be saved reports its default
+        value = {F.SEL_CURRENT: self.features, F.SEL_SAVED: self.saved}[sel][fid] \
+            if sel != F.SEL_DEFAULT else self._feature_defaults(fid)
         if fid == 0x04:     # TMPSEL/THSEL pick the threshold (Figure 326); only the composite
-            if cmd.cdw11 >> 16 & 0xF:
+            tmpsel, thsel = cmd.cdw11 >> 16 & 0xF, cmd.cdw11 >> 20 & 0x3
+            if tmpsel or thsel > THSEL_UNDER:
                 return fail(S.INVALID_FIELD)
-            which = "under" if cmd.cdw11 >> 20 & 0x3 else "over"
+            which = "under" if thsel == THSEL_UNDER else "over"
             return ok(dw0=value[which] | (cmd.cdw11 & 0x3F0000))
         if fid == 0x0E:
-            ms = int.from_bytes(value["data"][:6], "little") + int((self.now() - value["at"]) * 1000)
-            return ok(ms.to_bytes(6, "little") + value["data"][6:7] + b"\0", dw0=0)
+            return ok(self._timestamp(value))
         return ok(value.get("data", b""), dw0=value["value"])
+
+    @staticmethod
+    def _defined_bits(fid: int) -> int:
+        """CDW11 bits the feature defines (spec.features); the rest are reserved."""
+        mask = 0
+        for f in F.FEATURES[fid].fields:
+            mask |= ((1 << f.width) - 1) << f.lo
+        return mask
+
+    def _check_feature(self, fid: int, cdw11: int, data: bytes) -> int:
+        """The status a Set Features value gets (0: it can be set)."""
+        if cdw11 & ~self._defined_bits(fid):
+            return S.INVALID_FIELD
+        bits = {f.name: f.get(cdw11) for f in F.FEATURES[fid].fields}
+        if fid == 0x02 and (bits["ps"] > NPSS or bits["wh"] > MAX_WORKLOAD_HINT):
+            return S.INVALID_FIELD
+        if fid == 0x04 and (bits["tmpsel"] or bits["thsel"] > THSEL_UNDER or bits["tmpthh"]):
+            return S.INVALID_FIELD      # one sensor (composite), no hysteresis (TMPTHHA 0)
+        if fid == 0x05 and bits["dulbe"]:
+            return S.INVALID_FIELD      # the namespaces do not report DAE (NSFEAT bit 2)
+        if fid == 0x07 and 0xFFFF in (bits["nsqa"], bits["ncqa"]):
+            return S.INVALID_FIELD      # 65535 queues is not a request (Figure 329)
+        if fid == 0x0C:
+            for i in range(0, 256, 8):
+                entry = int.from_bytes(data[i:i + 8], "little")
+                itps, itpt = entry >> 3 & 0x1F, entry >> 8 & 0xFFFFFF
+                if entry & APST_RESERVED or (itpt and itps not in NOPS_STATES):
+                    return S.INVALID_FIELD
+        return S.SUCCESS
 
     def set_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, save = cmd.cdw10 & 0xFF, bool(cmd.cdw10 >> 31)
         if fid not in self.features:
             return fail(S.INVALID_FIELD)
+        st = self._feature_ns(fid, cmd.nsid, setting=True)
+        if st:
+            return fail(st)
+        if save and not self._saveable(fid):
+            return fail(S.FEATURE_NOT_SAVEABLE)
+        need = F.FEATURES[fid].data_len
+        if len(data_out) < need:
+            return fail(S.DATA_XFER_ERROR)
+        data = bytes(data_out[:need])
+        st = self._check_feature(fid, cmd.cdw11, data)
+        if st:
+            return fail(st)
         value = dict(self.features[fid])
         if fid == 0x07:     # allocation is fixed once queues exist: report what is allocated
             return ok(dw0=value["value"])
-        if fid == 0x02 and (cmd.cdw11 & 0x1F) > 2:
-            return fail(S.INVALID_FIELD)
         if fid == 0x04:
-            if cmd.cdw11 >> 16 & 0xF:
-                return fail(S.INVALID_FIELD)
-            value["under" if cmd.cdw11 >> 20 & 0x3 else "over"] = cmd.cdw11 & 0xFFFF
+            thsel = cmd.cdw11 >> 20 & 0x3
+            value["under" if thsel == THSEL_UNDER else "over"] = cmd.cdw11 & 0xFFFF
             value["value"] = value["over"]
-        elif fid in (0x0C, 0x0E):
-            need = F.FEATURES[fid].data_len
-            if len(data_out) < need:
-                return fail(S.DATA_XFER_ERROR)
-            value.update(value=cmd.cdw11, data=bytes(data_out[:need]), at=self.now())
+        elif fid == 0x0E:   # bytes 6..7 (Synch, Origin) are the controller's to report
+            value.update(stamp=int.from_bytes(data[:6], "little"), at=self.now(),
+                         origin=ORIGIN_SET_FEATURES)
         else:
             value["value"] = cmd.cdw11
+            if need:
+                value["data"] = data
         self.features[fid] = value
         if save:
             self.saved[fid] = dict(value)
@@ -347,30 +500,41 @@ class SimDevice:
         if offset == 0:
             self.fw_image = bytearray()
         if offset != len(self.fw_image):
-            return fail(S.make_status(S.CMD_SPECIFIC, 0x14, dnr=True))    # overlapping range
+            return fail(OVERLAPPING_RANGE)
+        if offset + len(data_out) > MAX_FW_IMAGE:
+            return fail(S.INVALID_FIELD)
         self.fw_image += data_out
         return ok()
+
+    @staticmethod
+    def _revision(image: bytes) -> str | None:
+        """The sim's image format: the revision in the first 8 bytes, printable ASCII."""
+        head = bytes(image[:8])
+        if len(head) < 8 or not all(0x20 <= b <= 0x7E for b in head):
+            return None
+        return head.decode("ascii")
 
     def fw_commit(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         slot, action = cmd.cdw10 & 0x7, cmd.cdw10 >> 3 & 0x7
         slot = slot or 2
+        if action > FW_CA_REPLACE_NOW:      # 4, 5 reserved; 6, 7 boot partitions: none
+            return fail(S.INVALID_FIELD)
         if slot > 3:
             return fail(S.FIRMWARE_SLOT)
-        if action in (0, 1, 3) and self.fw_image:
-            if len(self.fw_image) < 8:
+        if action in (FW_CA_REPLACE, FW_CA_REPLACE_ACTIVATE, FW_CA_REPLACE_NOW) and self.fw_image:
+            revision = self._revision(self.fw_image)
+            if revision is None:
                 return fail(S.FIRMWARE_IMAGE)
-            self.firmware[slot] = self.fw_image[:8].decode("ascii", "replace")
+            self.firmware[slot] = revision
             self.fw_image = bytearray()
-        elif action in (0, 1):
+        elif action in (FW_CA_REPLACE, FW_CA_REPLACE_ACTIVATE):
             return fail(S.FIRMWARE_IMAGE)
         if slot not in self.firmware:
             return fail(S.FIRMWARE_IMAGE)
-        if action in (1, 2):
+        if action in (FW_CA_REPLACE_ACTIVATE, FW_CA_ACTIVATE):
             self.next_slot = slot
-        elif action == 3:
+        elif action == FW_CA_REPLACE_NOW:
             self.active_slot, self.next_slot = slot, 0
-        elif action != 0:
-            return fail(S.INVALID_FIELD)
         return ok()
 
     def activate_pending_firmware(self) -> None:
@@ -391,8 +555,10 @@ class SimDevice:
 
     def device_self_test(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         code = cmd.cdw10 & 0xF
+        if cmd.nsid not in (0, NSID_ALL) and cmd.nsid not in self.namespaces:
+            return fail(S.INVALID_NS)
         self._finish_self_test()
-        if code == 0xF:
+        if code == STC_ABORT:
             if self.test_running:
                 self._record_self_test(self.test_running[0], 1, self.test_running[2])  # aborted
             return ok()
@@ -403,21 +569,31 @@ class SimDevice:
         self.test_running = (code, self.now(), cmd.nsid)
         return ok()
 
-    def format_nvm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
-        lbaf = ID.lba_format_index(cmd.cdw10 & 0x7F | (cmd.cdw10 >> 12 & 0x3) << 5)
-        targets = list(self.namespaces.values()) if cmd.nsid == L.NSID_ALL else \
+    def format_nvm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+        cdw10 = cmd.cdw10
+        lbaf = (cdw10 & 0xF) | (cdw10 >> FORMAT_LBAFU_SHIFT & 0x3) << 4
+        targets = list(self.namespaces.values()) if cmd.nsid == NSID_ALL else \
             [self.namespaces[cmd.nsid]] if cmd.nsid in self.namespaces else []
         if not targets:
             return fail(S.INVALID_NS)
-        if lbaf >= len(LBA_FORMATS):
-            return fail(S.INVALID_FORMAT)
-        for ns in targets:
-            ns.store.zero(0, ns.store.size)
-            ns.lbaf = lbaf
-            ns.blocks = ns.store.size // ns.block_size
-            if ns.nsid not in self.changed_ns:
-                self.changed_ns.append(ns.nsid)
-        return ok()
+        if lbaf >= len(LBA_FORMATS) or cdw10 >> FORMAT_PI_SHIFT & 0x7:
+            return fail(S.INVALID_FORMAT)   # no such LBA format; no protection information
+        ses = cdw10 >> FORMAT_SES_SHIFT & 0x7
+        if ses > SES_USER_DATA_ERASE:       # no cryptographic erase (FNA bit 2 clear)
+            return fail(S.INVALID_FIELD)
+
+        def run() -> None:
+            for ns in targets:
+                ns.store.zero(0, ns.store.size)
+
+        def done(_: None) -> Result:
+            for ns in targets:
+                ns.lbaf = lbaf
+                ns.blocks = ns.store.size // ns.block_size
+                if ns.nsid not in self.changed_ns:
+                    self.changed_ns.append(ns.nsid)
+            return ok()
+        return Media(run, done, S.INTERNAL)
 
     def abort(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         # The command to abort is found by the queue layer; here nothing is outstanding.
@@ -434,44 +610,58 @@ class SimDevice:
             return None, S.LBA_RANGE, 0, 0
         return ns, S.SUCCESS, slba * ns.block_size, nlb * ns.block_size
 
-    def read(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+    def read(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
         if data_in_len < length:
             return fail(S.DATA_XFER_ERROR)
-        self.counters["reads"] += 1
-        self.counters["bytes_read"] += length
-        return ok(ns.store.read(offset, length))
+        store = ns.store
 
-    def write(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        def done(data: bytes) -> Result:
+            self.counters["reads"] += 1
+            self.counters["bytes_read"] += length
+            return ok(data)
+        return Media(lambda: store.read(offset, length), done, READ_ERROR)
+
+    def write(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
         if len(data_out) < length:
             return fail(S.DATA_XFER_ERROR)
-        ns.store.write(offset, data_out[:length])
-        self.counters["writes"] += 1
-        self.counters["bytes_written"] += length
-        return ok()
+        store, data = ns.store, memoryview(data_out)[:length]
 
-    def compare(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        def done(_: None) -> Result:
+            self.counters["writes"] += 1
+            self.counters["bytes_written"] += length
+            return ok()
+        return Media(lambda: store.write(offset, data), done, WRITE_FAULT)
+
+    def compare(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
         if len(data_out) < length:
             return fail(S.DATA_XFER_ERROR)
-        self.counters["reads"] += 1
-        self.counters["bytes_read"] += length
-        return ok() if ns.store.read(offset, length) == data_out[:length] else fail(S.COMPARE_FAILED)
+        store = ns.store
 
-    def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        def done(data: bytes) -> Result:
+            self.counters["reads"] += 1
+            self.counters["bytes_read"] += length
+            return ok() if data == data_out[:length] else fail(S.COMPARE_FAILED)
+        return Media(lambda: store.read(offset, length), done, READ_ERROR)
+
+    def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
-        ns.store.zero(offset, length)
-        self.counters["writes"] += 1
-        return ok()
+        store = ns.store
+
+        def done(_: None) -> Result:
+            self.counters["writes"] += 1
+            return ok()
+        return Media(lambda: store.zero(offset, length), done, WRITE_FAULT)
 
     def verify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, _, _ = self._lba_range(cmd)
@@ -481,11 +671,11 @@ class SimDevice:
         return ok()
 
     def flush(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
-        if cmd.nsid not in self.namespaces and cmd.nsid != L.NSID_ALL:
+        if cmd.nsid not in self.namespaces and cmd.nsid != NSID_ALL:
             return fail(S.INVALID_NS)
         return ok()
 
-    def dsm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+    def dsm(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns = self.namespaces.get(cmd.nsid)
         if ns is None:
             return fail(S.INVALID_NS)
@@ -498,8 +688,29 @@ class SimDevice:
             nlb, slba = int.from_bytes(r[4:8], "little"), int.from_bytes(r[8:16], "little")
             if slba + nlb > ns.blocks:
                 return fail(S.LBA_RANGE)
-            ranges.append((slba, nlb))
-        if cmd.cdw11 & 0x4:        # AD: deallocate
-            for slba, nlb in ranges:
-                ns.store.zero(slba * ns.block_size, nlb * ns.block_size)
-        return ok()
+            ranges.append((slba * ns.block_size, nlb * ns.block_size))
+        if not cmd.cdw11 & DSM_AD:
+            return ok()             # attributes only: nothing to do
+        store = ns.store
+
+        def run() -> None:
+            for offset, length in ranges:
+                store.zero(offset, length)
+        return Media(run, lambda _: ok(), WRITE_FAULT)
+
+
+def open_stores(cfg: SimConfig, index: int) -> list[MemoryStore | FileStore]:
+    """A store per namespace: sparse files in `cfg.path` (blocking: call it off the
+    event loop), else memory."""
+    if not cfg.path:
+        return [MemoryStore(cfg.size) for _ in range(cfg.namespaces)]
+    stores: list[MemoryStore | FileStore] = []
+    try:
+        for nsid in range(1, cfg.namespaces + 1):
+            name = f"nvmefs-sim{index}-ns{nsid}.img"
+            stores.append(FileStore(os.path.join(cfg.path, name), cfg.size))
+    except OSError:
+        for store in stores:
+            store.close()
+        raise
+    return stores

@@ -1,0 +1,74 @@
+"""`<ctrl>/faults`: the simulator's fault injection, from a shell (sim controllers only).
+
+Reading lists the armed faults, one per line, in the syntax that arms them
+(COUNT is what is left):
+
+    KIND:QUEUE:OPCODE:COUNT[:ARG]      e.g.  status:io:0x02:3:READ_ERROR
+
+Writing a line arms a fault; writing `clear` disarms them all. A write may hold
+several lines, carried out in order, all or nothing: a bad line fails the
+write with EINVAL and changes nothing (ENOSPC: more faults than a controller
+keeps). Writing needs the writer's passthru policy to be `all`, as `reset`
+does. The syntax is `nvmefs.backends.sim.faults`.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from pyfuse3 import FUSEError
+
+from ..backends.base import Controller
+from ..backends.sim.faults import FaultError, Faults, FaultsFull
+from .nodes import File, Handle, Node, SnapshotHandle, wants_write
+
+MAX_WRITE = 64 * 1024       # bytes one write may hold: a control file, not a data path
+
+
+class FaultsFile(File):
+    """The control file over a sim controller's `Faults` (`SimController.faults`)."""
+    perm = 0o644
+    attr_timeout = 0.0          # the size follows the armed faults
+
+    def __init__(self, faults: Faults, name: str = "faults"):
+        super().__init__(name)
+        self.faults = faults
+
+    def listing(self) -> bytes:
+        return self.faults.describe().encode()
+
+    async def size(self) -> int:
+        return len(self.listing())
+
+    async def open(self, flags: int, ctx) -> Handle:
+        if not wants_write(flags):
+            return SnapshotHandle(self.listing())
+        if self.tree.access.policy_for(ctx.uid) != "all":
+            raise FUSEError(errno.EACCES)
+        return FaultsHandle(self.faults, self.listing())
+
+
+class FaultsHandle(SnapshotHandle):
+    """A writable open: reads see the faults armed at open; each write() is whole
+    lines (a trailing newline may be left out)."""
+
+    def __init__(self, faults: Faults, listing: bytes):
+        super().__init__(listing)
+        self.faults = faults
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if len(data) > MAX_WRITE:
+            raise FUSEError(errno.EINVAL)
+        try:
+            self.faults.apply(data.decode("ascii"))
+        except FaultsFull:
+            raise FUSEError(errno.ENOSPC) from None
+        except (FaultError, UnicodeDecodeError):
+            raise FUSEError(errno.EINVAL) from None
+        return len(data)
+
+
+def sim_files(ctrl: Controller) -> list[Node]:
+    """The files only a sim controller's directory has: `faults`."""
+    faults = getattr(ctrl, "faults", None)
+    return [FaultsFile(faults)] if isinstance(faults, Faults) else []
