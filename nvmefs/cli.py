@@ -109,7 +109,13 @@ def cmd_decode(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .backends.linux import sysfs
+    import importlib
+
+    from .backends import Unsupported, sysfs
+    try:
+        importlib.import_module("nvmefs.backends.linux.ffi")     # the compiled extension
+    except Unsupported as e:
+        print(f"nvmefs list: these controllers cannot be mounted: {e}", file=sys.stderr)
     ctrls = sysfs.controllers()
     if not ctrls:
         print("no NVMe controllers (the kernel shows none under /sys/class/nvme)", file=sys.stderr)

@@ -55,7 +55,7 @@ async def opened(uri: str, index: int = 0) -> AsyncIterator[Controller]:
 
 def local_devices() -> list[str]:
     """Controllers of this machine's kernel (empty where there are none)."""
-    from .linux import sysfs
+    from . import sysfs
     return [c.dev for c in sysfs.controllers()]
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from nvmefs.backends import Request, TransportError
-from nvmefs.backends.linux import sysfs
+from nvmefs.backends import sysfs
 from nvmefs.spec import commands
 from nvmefs.spec.commands import OP_READ, OP_WRITE
 from nvmefs.spec.queue import Command

@@ -30,7 +30,7 @@ from ..base import (
     Request,
     TransportError,
 )
-from . import sysfs
+from .. import sysfs
 from .ffi import ffi, lib
 from .ring import Ring
 
