@@ -55,5 +55,13 @@ test: setup
 bench: setup
 	$(BIN)/python bench/run.py
 
+# Fuzz passthru/admin and passthru/io through real mounts, one per policy (readonly, all,
+# off): FUZZ_COUNT random and mutated requests per policy, FUZZ_SEED to repeat a run
+# (tests/fuzz/mailbox.py). `make test` runs it only small (tests/mount/test_fuzz_smoke.py).
+FUZZ_COUNT ?= 105000
+.PHONY: fuzz
+fuzz: setup
+	FUZZ_COUNT=$(FUZZ_COUNT) $(if $(FUZZ_SEED),FUZZ_SEED=$(FUZZ_SEED)) $(BIN)/python -m tests.fuzz.mailbox
+
 clean: stop
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -7,7 +7,7 @@ stay reserved until read, or while kept for the next reader of a mailbox.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -23,8 +23,12 @@ class MountMemory:
     used: int = 0
     peak: int = 0
     refused: int = 0
+    # frees memory that only waits for a later reader (Kept), least recently kept first
+    reclaim: Callable[[int], None] | None = None
 
     def reserve(self, n: int) -> bool:
+        if self.used + n > self.limit and self.reclaim is not None:
+            self.reclaim(self.used + n - self.limit)
         if self.used + n > self.limit:
             self.refused += 1
             return False
@@ -61,43 +65,54 @@ class Budget:
 
 
 class Kept:
-    """Answers kept for a later reader (a mailbox's answers to a user's last
-    open that wrote), in the mount's memory: at most `cap` bytes each (the
-    latest), and the least recently kept go first when new ones need room."""
+    """Answers kept for a later reader (a mailbox's answers to a user's last open
+    that wrote), in the mount's memory: at most `cap` bytes each, the latest
+    whole answers; the least recently kept give way first when new answers,
+    kept or not, need the memory."""
 
     def __init__(self, memory: MountMemory, cap: int = SESSION):
         self.memory, self.cap = memory, cap
-        self._items: OrderedDict[Hashable, Pieces] = OrderedDict()
+        memory.reclaim = self._reclaim
+        self._items: OrderedDict[Hashable, tuple[deque[list[bytes]], list[int]]] = OrderedDict()
 
-    def add(self, key: Hashable, parts: list[bytes], fresh: bool) -> None:
-        """Keep `parts` after what `key` holds, or instead of it if `fresh`."""
+    def add(self, key: Hashable, answers: list[list[bytes]], fresh: bool) -> None:
+        """Keep `answers` (each the parts of one) after what `key` holds, or instead
+        of it if `fresh`."""
         if fresh:
             self.drop(key)
-        kept = self._items.pop(key, None) or Pieces()
-        size = sum(map(len, parts))
-        while not self.memory.reserve(size):
-            if not self._items:
-                self._items[key] = kept
-                return          # no room: the batch's own reader still has its answers
-            self.drop(next(iter(self._items)))
-        kept.extend(parts)
-        if len(kept) > self.cap:
-            self.memory.release(len(kept.take(len(kept) - self.cap)))
-        self._items[key] = kept
+        kept, size = self._items.pop(key, None) or (deque(), [0])
+        for answer in answers:
+            n = sum(map(len, answer))
+            if n > self.cap or not self.memory.reserve(n):
+                break           # no room: the batch's own reader still has its answers
+            kept.append(answer)
+            size[0] += n
+            while size[0] > self.cap:
+                gone = sum(map(len, kept.popleft()))
+                size[0] -= gone
+                self.memory.release(gone)
+        self._items[key] = kept, size
 
     def get(self, key: Hashable) -> Pieces:
         kept = self._items.get(key)
-        return kept.copy() if kept is not None else Pieces()
+        return Pieces(part for answer in kept[0] for part in answer) if kept else Pieces()
 
     def size(self, key: Hashable) -> int:
         kept = self._items.get(key)
-        return len(kept) if kept is not None else 0
+        return kept[1][0] if kept is not None else 0
 
     def drop(self, key: Hashable) -> None:
         kept = self._items.pop(key, None)
         if kept is not None:
-            self.memory.release(len(kept))
+            self.memory.release(kept[1][0])
 
     def drop_where(self, match: Callable[[Hashable], bool]) -> None:
         for key in [k for k in self._items if match(k)]:
+            self.drop(key)
+
+    def _reclaim(self, n: int) -> None:
+        freed = 0
+        while freed < n and self._items:
+            key = next(iter(self._items))
+            freed += self.size(key)
             self.drop(key)

@@ -22,12 +22,6 @@ class Pieces:
                 self._parts.append(p)
                 self.size += len(p)
 
-    def copy(self) -> "Pieces":
-        """Another reader of the same bytes (the parts are immutable and shared)."""
-        other = Pieces()
-        other._parts, other._offset, other.size = deque(self._parts), self._offset, self.size
-        return other
-
     def take(self, n: int) -> bytes:
         """Up to `n` bytes from the front."""
         out = []

@@ -102,7 +102,7 @@ class Targets:
 class Batch:
     requests: list[P.PassthruRequest]
     reserved: int                       # bytes of answers reserved for it
-    answer: list[bytes] = field(default_factory=list)
+    answers: list[list[bytes]] = field(default_factory=list)    # each answer's parts
     error: int = 0                      # errno of a failure that lost the whole batch
     done: bool = False
 
@@ -163,10 +163,13 @@ class MailboxHandle(Handle):
         self.poll_handle = None
         self.closed = False
         self.kept = False                       # this open's answers are the ones kept
+        self.out_of_step = 0                    # errno every later write fails with
 
     async def write(self, offset: int, data: bytes) -> int:
         if self.budget is None:
             raise FUSEError(errno.EBADF)
+        if self.out_of_step:
+            raise FUSEError(self.out_of_step)
         box = self.box
         waiters = box.tree.waiters
         target = await box.targets.get(box.queue, self.policy, waiters)
@@ -205,6 +208,10 @@ class MailboxHandle(Handle):
                 session.rewind(start)       # nothing of this write taken: it may come again
             else:
                 session.discard()           # the bad request and everything after it
+                if failure.start < start:
+                    # it began in a write already taken: what the writer sends next is
+                    # the rest of it, which must never run as a request of its own
+                    self.out_of_step = failure.errno
             raise FUSEError(failure.errno)
         if cut is not None:
             session.rewind(cut)             # a short write: the caller writes the rest again
@@ -230,8 +237,8 @@ class MailboxHandle(Handle):
         try:
             try:
                 cpls = await box.ctrl.submit_batch(reqs)
-                batch.answer = [part for r, c in zip(batch.requests, cpls, strict=True)
-                                for part in P.response_parts(r, c)]
+                batch.answers = [P.response_parts(r, c)
+                                 for r, c in zip(batch.requests, cpls, strict=True)]
             except TransportError as e:
                 log.warning("%s/passthru/%s: %s", box.ctrl.name, box.name, e)
                 batch.error = e.errno
@@ -254,16 +261,18 @@ class MailboxHandle(Handle):
         box = self.box
         while self.batches and self.batches[0].done:
             first = self.batches.popleft()
-            if first.error:
-                self.errors.append(first.error)
-            else:
-                box.tree.kept.add((box.inode, self.uid), first.answer, fresh=not self.kept)
-                self.kept = True
             if first.error or self.closed or self.write_only:
                 self.budget.release(first.reserved)     # nobody reads these answers here
             else:
-                self.answers.extend(first.answer)
-                self.budget.release(first.reserved - sum(map(len, first.answer)))
+                before = len(self.answers)
+                for answer in first.answers:
+                    self.answers.extend(answer)
+                self.budget.release(first.reserved - (len(self.answers) - before))
+            if first.error:
+                self.errors.append(first.error)
+            else:
+                box.tree.kept.add((box.inode, self.uid), first.answers, fresh=not self.kept)
+                self.kept = True
         self.changed.set()
         self.changed = trio.Event()
         if self.poll_handle is not None:

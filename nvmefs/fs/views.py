@@ -9,8 +9,16 @@ from .nodes import Fetch, Node, SnapshotFile
 
 
 def rendered(kind: str, fetch: Fetch, fmt: str, ctx: Mapping[str, Any]) -> Fetch:
+    """The view of each snapshot `fetch` gives, rendered again only when its bytes
+    changed (identify data between resets, a log page that did not move)."""
+    last: tuple[bytes, bytes] | None = None
+
     async def fetch_view() -> bytes:
-        return render.render(kind, await fetch(), fmt, ctx)
+        nonlocal last
+        raw = await fetch()
+        if last is None or last[0] != raw:
+            last = raw, render.render(kind, raw, fmt, ctx)
+        return last[1]
     return fetch_view
 
 

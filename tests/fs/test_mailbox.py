@@ -226,3 +226,50 @@ async def test_too_many_waiters_get_eagain_and_the_rest_still_answer():
                 n.start_soon(reader, fh)
         assert results.count(-errno.EAGAIN) >= 1
         assert results.count(528) == MAX_WAITERS
+
+
+async def test_a_bad_request_begun_in_an_earlier_write_stops_the_session():
+    async with mounted_ops() as (ops, (ctrl,)):
+        fh = await open_file(ops, "nvme0/passthru/admin", RW)
+        await ops.write(fh, 0, identify_req(cid=1))
+        assert cids(await read_fh(ops, fh), 4096) == [1]
+        before = len(ctrl.command_log)
+        first = b"bogus=1 opcode=0x06 "
+        assert await ops.write(fh, 0, first) == len(first)      # a text line, not whole yet
+        for rest in (b"cdw10=1 data_len=4096 cid=2\n", b"opcode=0x06 cdw10=1 data_len=4096 cid=3\n"):
+            # what a writer sends next (the line's tail, then more) never runs
+            with pytest.raises(FUSEError) as e:
+                await ops.write(fh, 0, rest)
+            assert e.value.errno == errno.EINVAL
+        assert len(ctrl.command_log) == before
+        await ops.release(fh)
+        fh = await open_file(ops, "nvme0/passthru/admin", RW)     # a new open starts afresh
+        await ops.write(fh, 0, identify_req(cid=4))
+        assert cids(await read_fh(ops, fh), 4096) == [4]
+
+
+async def test_kept_answers_are_whole_answers_within_the_cap():
+    answer = 16 + 4096
+    async with mounted_ops(session_budget=3 * answer + 100) as (ops, _):
+        fh = await open_file(ops, "nvme0/passthru/admin", WO)
+        for cid in range(5):
+            await ops.write(fh, 0, identify_req(cid=cid))
+        await ops.release(fh)
+        fh = await open_file(ops, "nvme0/passthru/admin", os.O_RDONLY)
+        assert cids(await read_fh(ops, fh), 4096) == [2, 3, 4]        # the latest whole ones
+
+
+async def test_kept_answers_give_way_to_new_requests():
+    async with mounted_ops(max_buffer=2 << 20) as (ops, _):
+        parent = await inode_of(ops, "nvme0/passthru")
+        for name in (b"io.a", b"io.b", b"io.c"):
+            info, _ = await ops.create(parent, name, 0o600, WO, Ctx())
+            await ops.write(info.fh, 0, read_req(0, cid=1, nlb=1024))   # 512 KiB kept each
+            await ops.release(info.fh)
+        assert ops.tree.memory.used >= 3 * 512 * 1024
+        fh = await open_file(ops, "nvme0/passthru/io", RW)
+        two = read_req(0, cid=8, nlb=1024) + read_req(0, cid=9, nlb=1024)
+        assert await ops.write(fh, 0, two) == len(two)          # 1 MiB: room is made
+        assert cids(await read_fh(ops, fh), 512 * 1024) == [8, 9]
+        fh = await open_file(ops, "nvme0/passthru/io.a", os.O_RDONLY)
+        assert await read_fh(ops, fh) == b""        # the least recently kept gave way

@@ -180,3 +180,23 @@ async def test_statfs_and_inode_stability():
         await listing(ops, "nvme0/log")
         assert await inode_of(ops, "nvme0/log/smart.json") == first
         assert (await ops.statfs(Ctx())).f_namemax == 255
+
+
+async def test_a_view_renders_again_only_when_its_bytes_changed(monkeypatch):
+    from nvmefs.spec import render
+    real, calls = render.render, []
+
+    def counting(kind, raw, fmt, ctx):
+        calls.append(kind)
+        return real(kind, raw, fmt, ctx)
+    monkeypatch.setattr(render, "render", counting)
+    async with mounted_ops() as (ops, (ctrl,)):
+        first = await read_all(ops, "nvme0/identify.json")
+        assert await read_all(ops, "nvme0/identify.json") == first and calls == ["id-ctrl"]
+        smart = json.loads(await read_all(ops, "nvme0/log/smart.json"))
+        await read_all(ops, "nvme0/log/smart.json")
+        assert calls.count("smart") == 1
+        await ctrl.io(commands.rw(OP_READ, 1, 0, 1), data_in_len=512)
+        again = json.loads(await read_all(ops, "nvme0/log/smart.json"))
+        assert calls.count("smart") == 2
+        assert int(again["host_read_commands"]) == int(smart["host_read_commands"]) + 1

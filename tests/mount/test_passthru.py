@@ -29,6 +29,8 @@ def test_echo_then_cat(mnt):
         assert text.startswith("status=0x0000 sct=0x0 sc=0x00 dnr=0 more=0 crd=0 result=0x00000000")
         assert "name=SUCCESS" in text.splitlines()[0]
         assert sh("tail -n +2 passthru/admin.smart | xxd -r | cmp - log/smart", d).returncode == 0
+        head = sh("head -1 passthru/admin.smart", d)          # head seeks back: no error
+        assert head.stdout.decode() == text.splitlines(True)[0] and head.stderr == b""
         assert os.stat(d / "passthru/admin.smart").st_size == len(text)
         assert oct(os.stat(d / "passthru/admin.smart").st_mode & 0o777) == "0o600"
         sh("rm passthru/admin.smart", d)

@@ -1,0 +1,1 @@
+"""Fuzzers that drive a real nvmefs mount (make fuzz)."""
