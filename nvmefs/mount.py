@@ -1,7 +1,7 @@
 """Daemon lifetime: open the backends, mount, serve until unmounted or signalled.
 
 The mount is announced ready (to a waiting parent when daemonized) only once
-the FUSE session is serving and a read of its own, from a thread, has checked
+the FUSE session is serving and a read by a child process has checked
 that FUSE_INTERRUPT reaches the requests (fs.interrupt). SIGINT and SIGTERM
 unmount cleanly. A mountpoint left behind by a killed daemon ("Transport
 endpoint is not connected") is detached and reused, with a message saying so.
@@ -180,7 +180,8 @@ async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
                     mounted = True
                     nursery.start_soon(_fuse_main, nursery.cancel_scope)
                     nursery.start_soon(_watch_signals, signals, nursery.cancel_scope)
-                    # one read of our own, from a thread: is FUSE_INTERRUPT reaching requests?
+                    # a child's read: is FUSE_INTERRUPT reaching requests? (never a thread of
+                    # ours: a daemon killed while it waits on its own mount could not exit)
                     await interrupt.confirm(os.path.join(opts.mountpoint, ctrls[0].name, "info"))
                     ready()
             finally:

@@ -13,8 +13,8 @@ who asks. So this module:
 - reads the `fuse_req_t` out of that container at an offset it learns on the
   first read and verifies: the container also holds the read's fh, offset and
   size, which must equal the handler's arguments at their fixed places around
-  `req` (`confirm()`, at mount time, also checks that a read of the daemon's
-  own from a known thread shows that thread as its caller);
+  `req` (`confirm()`, at mount time, also checks that a read by a child
+  process it starts shows that process as its caller);
 - calls libfuse through cffi (ABI mode, the libfuse3 pyfuse3 itself uses):
   `fuse_req_ctx()` for the caller (uid, gid, pid of THIS request: the thread
   that reads, not the one that opened), and `fuse_req_interrupt_func()` with
@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import threading
 from contextvars import ContextVar
@@ -169,8 +170,8 @@ class _Hook:
         self.interrupts = 0
         self.thread = 0                         # the trio thread's ident
         self.token: trio.lowlevel.TrioToken | None = None
-        self.probe_tid = 0                      # the startup read's thread, while it runs
-        self.probe_seen: Caller | None = None
+        self.probing = False                    # the startup read is under way
+        self.probe_seen: dict[int, Caller] = {} # callers of reads meanwhile, by pid
 
     # ---- setup
 
@@ -265,8 +266,8 @@ class _Hook:
         return Caller(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
 
     def saw_read(self, who: Caller) -> None:
-        if self.probe_tid and who.pid == self.probe_tid:
-            self.probe_seen = who
+        if self.probing and len(self.probe_seen) < 64:
+            self.probe_seen[who.pid] = who
 
     def register(self, request: Request) -> None:
         key = request.key = next(self.keys)
@@ -342,39 +343,38 @@ def statistics() -> InterruptStatistics:
 
 
 async def confirm(path: str) -> bool:
-    """Read `path` (a small file of the daemon's own mount) from a thread and check
-    that the read arrives as that thread's: the fuse_req_t found is the request's.
-    False, with one warning, if it does not; True if requests are interruptible."""
+    """Have a child process read `path` (a small file of the daemon's own mount) and
+    check that the read arrives as that process's: the fuse_req_t found is the
+    request's. False, with one warning, if it does not; True if requests are
+    interruptible. The reader is never a thread of the daemon: a daemon killed while
+    one of its own threads waits on its mount could not exit (that thread would wait
+    for an answer only the dying daemon could give)."""
     if _hook.state == FALLBACK or not _hook.installed:
         return False
-    _hook.probe_seen = None
-    outcome: list = []
-
-    def probe() -> None:
-        _hook.probe_tid = threading.get_native_id()
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.pread(fd, 4096, 0)
-            finally:
-                os.close(fd)
-            outcome.append(None)
-        except OSError as e:
-            outcome.append(e)
-        finally:
-            _hook.probe_tid = 0
-
-    with trio.move_on_after(PROBE_TIMEOUT):
-        await trio.to_thread.run_sync(probe, abandon_on_cancel=True)
-    seen, _hook.probe_seen = _hook.probe_seen, None
-    if not outcome or outcome[0] is not None:
+    _hook.probe_seen, _hook.probing = {}, True
+    reader = None
+    try:
+        with trio.move_on_after(PROBE_TIMEOUT):
+            reader = await trio.lowlevel.open_process(
+                ["head", "-c", "1", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            await reader.wait()
+    finally:
+        _hook.probing = False
+        if reader is not None and reader.returncode is None:
+            reader.kill()           # this daemon answers its read, so it can go
+            with trio.CancelScope(shield=True):
+                await reader.wait()
+    seen, _hook.probe_seen = _hook.probe_seen.get(reader.pid) if reader else None, {}
+    if reader is None or reader.returncode != 0:
         log.info("could not read %s to confirm FUSE_INTERRUPT handling (%s); relying on "
-                 "the first read's check", path, outcome[0] if outcome else "timed out")
+                 "the first read's check", path,
+                 "timed out" if reader is None else f"exit {reader.returncode}")
         return _hook.state == ACTIVE
     if _hook.state == FALLBACK:
         return False
     if seen is None or seen.uid != os.geteuid():
-        _hook.fall_back(f"the daemon's own read of {path} did not arrive as its own")
+        _hook.fall_back(f"a read of {path} by process {reader.pid} did not arrive as its own")
         return False
     return True
 

@@ -127,6 +127,16 @@ def test_stale_mount_of_a_killed_daemon_is_recovered(mnt):
             nvmefs("umount", str(mnt))
 
 
+def test_a_daemon_killed_as_soon_as_it_mounts_exits_at_once(mnt):
+    """SIGKILL the moment the mount appears, while the daemon may still be starting:
+    no thread of the daemon may wait on its own mount (it could never be answered)."""
+    for _ in range(8):
+        with foreground(mnt) as proc:
+            proc.kill()
+            proc.wait(timeout=5)
+        assert not is_mounted(mnt)
+
+
 def test_bad_device_fails_without_leaving_a_mount(mnt):
     mnt.mkdir()
     r = nvmefs("mount", str(mnt), "sim:lba=1000", check=False)
