@@ -10,7 +10,7 @@ controller as one batch in the background, so the write returns at once and
 reads wait (interruptibly, with a bound) for the answers. A write-only open's
 write returns once its batch is answered, so `echo ... > f; cat f` shows them.
 
-Each mailbox keeps the answers of each user's last open that wrote, for that
+Each mailbox keeps the answers of each user's last write-only open, for that
 user's next open that only reads; no user ever reads another's answers.
 """
 
@@ -270,7 +270,7 @@ class MailboxHandle(Handle):
                 self.budget.release(first.reserved - (len(self.answers) - before))
             if first.error:
                 self.errors.append(first.error)
-            else:
+            elif self.write_only:           # its writer reads nothing: keep them for a reader
                 box.tree.kept.add((box.inode, self.uid), first.answers, fresh=not self.kept)
                 self.kept = True
         self.changed.set()

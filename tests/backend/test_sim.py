@@ -687,3 +687,26 @@ async def test_faults_control_file():
         with pytest.raises(FUSEError) as e:
             await f.open(os.O_WRONLY, Ctx(1000))
         assert e.value.errno == errno.EACCES
+
+
+async def test_null_mode_completes_io_without_storage_and_admin_as_usual():
+    assert parse_uri("sim:null=1").null == 1 and parse_uri("sim").null == 0
+    for bad in ("sim:null=2", "sim:null=x", "sim:null=1,path=/tmp"):
+        with pytest.raises(ValueError):
+            parse_uri(bad)
+    async with controller("sim:null=1,size=64M,command_log=8") as c:
+        smart = (await c.get_log(2, 512)).data
+        assert (await c.io(commands.rw(OP_WRITE, 1, 0, 8), data_out=b"\xab" * 4096)).ok
+        read = await c.io(commands.rw(OP_READ, 1, 0, 8), data_in_len=4096)
+        assert read.ok and read.data == bytes(4096)     # the write was never kept
+        beyond = await c.io(commands.rw(OP_READ, 1, 1 << 40, 8), data_in_len=4096)
+        assert beyond.ok and beyond.data == bytes(4096)     # nothing is checked either
+        for cmd in (commands.rw(OP_WRITE_ZEROES, 1, 0, 8), Command(0x7F, nsid=1)):
+            assert (await c.io(cmd)).ok
+        assert c.device.namespaces[1].store.allocated() == 0
+        assert [op for q, op in ((q, cmd.opcode) for q, cmd in c.command_log) if q == IO] == \
+            [OP_WRITE, OP_READ, OP_READ, OP_WRITE_ZEROES, 0x7F]
+        # admin commands as ever: the SMART counters never moved, errors are still errors
+        assert (await c.get_log(2, 512)).data == smart
+        assert identify.decode_id_ctrl(c.id_ctrl_raw)["mn"].strip() == "nvmefs simulated controller"
+        assert (await c.admin(Command(0x7F))).status == S.INVALID_OPCODE

@@ -5,7 +5,9 @@ or 4096), model, serial, firmware, mdts (0: no transfer limit), path (a
 directory for sparse backing files; default: memory), temperature (kelvin),
 io_latency (milliseconds every I/O command takes), command_log (keep the last N
 commands for tests; default 0), fault (a fault rule, `faults.parse_fault`; the
-key may be repeated). Unknown keys and bad values are errors, so a typo never
+key may be repeated), null (1: every I/O command completes successfully at once,
+Reads with zeros, without touching any storage, to measure nvmefs itself; admin
+commands behave as usual). Unknown keys and bad values are errors, so a typo never
 silently mounts something else.
 """
 
@@ -41,6 +43,7 @@ class SimConfig:
     temperature: int = 313
     io_latency: int = 0
     command_log: int = 0
+    null: int = 0                   # 1: I/O commands succeed without media (reads: zeros)
     fault: tuple[str, ...] = ()     # rules as written; repeatable in the URI
 
     def validate(self) -> "SimConfig":
@@ -58,6 +61,10 @@ class SimConfig:
             raise ValueError("io_latency must be 0..3600000 ms")
         if not 0 <= self.command_log <= MAX_COMMAND_LOG:
             raise ValueError(f"command_log must be 0..{MAX_COMMAND_LOG}")
+        if self.null not in (0, 1):
+            raise ValueError("null must be 0 or 1")
+        if self.null and self.path:
+            raise ValueError("null=1 keeps no data, so it takes no path")
         for rule in self.fault:
             parse_fault(rule)       # FaultError (a ValueError) says what is wrong
         for name, limit in (("model", 40), ("serial", 20), ("firmware", 8)):
