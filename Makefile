@@ -52,8 +52,13 @@ stop:
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup build/floor/nothing
 	$(BIN)/python bench/run.py
+
+# the C peer of bench/floor.py: a do-nothing libfuse3 file system
+build/floor/nothing: bench/floor/nothing.c
+	mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -o $@ $< $$(pkg-config --cflags --libs fuse3)
 
 # Fuzz passthru/admin and passthru/io through real mounts, one per policy (readonly, all,
 # off): FUZZ_COUNT random and mutated requests per policy, FUZZ_SEED to repeat a run
