@@ -64,47 +64,59 @@ class Budget:
         self.release(self.used)
 
 
+class _Answers:
+    """One key's kept answers, each as its parts, and their bytes."""
+    __slots__ = ("answers", "size")
+
+    def __init__(self) -> None:
+        self.answers: deque[list[bytes]] = deque()
+        self.size = 0
+
+
 class Kept:
-    """Answers kept for a later reader (a mailbox's answers to a user's last open
-    that wrote), in the mount's memory: at most `cap` bytes each, the latest
+    """Answers kept for a later reader (a mailbox's answers to a user's last
+    write-only open), in the mount's memory: at most `cap` bytes each, the latest
     whole answers; the least recently kept give way first when new answers,
     kept or not, need the memory."""
 
     def __init__(self, memory: MountMemory, cap: int = SESSION):
         self.memory, self.cap = memory, cap
         memory.reclaim = self._reclaim
-        self._items: OrderedDict[Hashable, tuple[deque[list[bytes]], list[int]]] = OrderedDict()
+        self._items: OrderedDict[Hashable, _Answers] = OrderedDict()
 
     def add(self, key: Hashable, answers: list[list[bytes]], fresh: bool) -> None:
         """Keep `answers` (each the parts of one) after what `key` holds, or instead
         of it if `fresh`."""
         if fresh:
             self.drop(key)
-        kept, size = self._items.pop(key, None) or (deque(), [0])
+        kept = self._items.pop(key, None) or _Answers()     # popped: never reclaimed for itself
         for answer in answers:
             n = sum(map(len, answer))
             if n > self.cap or not self.memory.reserve(n):
                 break           # no room: the batch's own reader still has its answers
-            kept.append(answer)
-            size[0] += n
-            while size[0] > self.cap:
-                gone = sum(map(len, kept.popleft()))
-                size[0] -= gone
+            kept.answers.append(answer)
+            kept.size += n
+            while kept.size > self.cap:
+                gone = sum(map(len, kept.answers.popleft()))
+                kept.size -= gone
                 self.memory.release(gone)
-        self._items[key] = kept, size
+        self._items[key] = kept
 
     def get(self, key: Hashable) -> Pieces:
         kept = self._items.get(key)
-        return Pieces(part for answer in kept[0] for part in answer) if kept else Pieces()
+        return Pieces(part for answer in kept.answers for part in answer) if kept else Pieces()
 
     def size(self, key: Hashable) -> int:
         kept = self._items.get(key)
-        return kept[1][0] if kept is not None else 0
+        return kept.size if kept is not None else 0
 
-    def drop(self, key: Hashable) -> None:
+    def drop(self, key: Hashable) -> int:
+        """Forget `key`'s answers; the bytes freed."""
         kept = self._items.pop(key, None)
-        if kept is not None:
-            self.memory.release(kept[1][0])
+        if kept is None:
+            return 0
+        self.memory.release(kept.size)
+        return kept.size
 
     def drop_where(self, match: Callable[[Hashable], bool]) -> None:
         for key in [k for k in self._items if match(k)]:
@@ -113,6 +125,4 @@ class Kept:
     def _reclaim(self, n: int) -> None:
         freed = 0
         while freed < n and self._items:
-            key = next(iter(self._items))
-            freed += self.size(key)
-            self.drop(key)
+            freed += self.drop(next(iter(self._items)))

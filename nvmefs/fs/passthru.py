@@ -66,27 +66,34 @@ class Targets:
     async def get(self, queue: str, policy: str, waiters) -> P.Target:
         if self.changing:
             await waiters.wait_until(lambda: not self.changing, lambda: self.changed, WAIT_LIMIT)
-        async with self._lock:
-            ctrl = self.ctrl
-            if self._generation != ctrl.generation:
-                generation = ctrl.generation
-                effects = (None, None)
-                if L.LOG_PAGES[LID_EFFECTS].supported(ctrl.id_ctrl):
-                    effects = L.effects_tables(check(await ctrl.get_log(LID_EFFECTS, L.EFFECTS_SIZE)))
-                namespaces = {}
-                for nsid in ctrl.nsids:
-                    cpl = await ctrl.identify_ns(nsid)
-                    if cpl.ok:
-                        namespaces[nsid] = ID.block_size(ID.decode_id_ns(cpl.data))
-                self._namespaces, self._effects = namespaces, dict(zip((ADMIN, IO), effects))
-                self._targets.clear()
-                self._generation = generation
+        if self._generation != self.ctrl.generation:
+            await self._refresh()
         key = (queue, policy)
         target = self._targets.get(key)
         if target is None:
             target = self._targets[key] = P.Target(queue, policy, self.ctrl.max_transfer,
                                                    self._namespaces, self._effects[queue])
         return target
+
+    async def _refresh(self) -> None:
+        """Read the effects log and the namespaces' block sizes again (one caller at a
+        time; the lock is taken only when the generation moved, not on every write)."""
+        async with self._lock:
+            ctrl = self.ctrl
+            if self._generation == ctrl.generation:
+                return                      # another caller refreshed meanwhile
+            generation = ctrl.generation
+            effects = (None, None)
+            if L.LOG_PAGES[LID_EFFECTS].supported(ctrl.id_ctrl):
+                effects = L.effects_tables(check(await ctrl.get_log(LID_EFFECTS, L.EFFECTS_SIZE)))
+            namespaces = {}
+            for nsid in ctrl.nsids:
+                cpl = await ctrl.identify_ns(nsid)
+                if cpl.ok:
+                    namespaces[nsid] = ID.block_size(ID.decode_id_ns(cpl.data))
+            self._namespaces, self._effects = namespaces, dict(zip((ADMIN, IO), effects))
+            self._targets.clear()
+            self._generation = generation
 
     def begin_change(self) -> None:
         self.changing += 1
@@ -105,8 +112,7 @@ class Batch:
     answers: list[list[bytes]] = field(default_factory=list)    # each answer's parts
     error: int = 0                      # errno of a failure that lost the whole batch
     done: bool = False
-
-    changes_namespaces: bool = False   # its last command does (Format, Namespace Management...)
+    changes_namespaces: bool = False    # its last command does (Format, Namespace Management...)
 
 
 class Mailbox(File):
@@ -125,7 +131,6 @@ class Mailbox(File):
     @property
     def mode(self) -> int:
         return stat.S_IFREG | (0o600 if self.private else 0o666)
-
 
     async def size(self) -> int:
         try:
@@ -176,7 +181,7 @@ class MailboxHandle(Handle):
         session, start = self.session, self.session.received
         session.receive_data(data)
         requests: list[P.PassthruRequest] = []
-        reserved, failure, cut = 0, None, None
+        reserved, failure, cut, changing = 0, None, None, False
         while True:
             event = session.next_request(target)
             if event is NEED_DATA:
@@ -193,11 +198,13 @@ class MailboxHandle(Handle):
                 break
             reserved += size
             requests.append(event)
-            if changes_namespaces(event.cmd.opcode, box.queue) and session.buffered:
-                cut = session.consumed      # the rest is validated after the change
+            if changes_namespaces(event.cmd.opcode, box.queue):
+                changing = True             # the batch ends here: the rest is validated
+                if session.buffered:        # after the change
+                    cut = session.consumed
                 break
         if requests:
-            self._submit(requests, reserved)
+            self._submit(Batch(requests, reserved, changes_namespaces=changing))
         taken = len(data) if cut is None else cut - start
         if failure is not None:
             log.info("%s/passthru/%s: request at byte %d refused (%s): %s", box.ctrl.name,
@@ -221,9 +228,7 @@ class MailboxHandle(Handle):
                 raise FUSEError(self.errors.popleft())
         return taken
 
-    def _submit(self, requests: list[P.PassthruRequest], reserved: int) -> None:
-        batch = Batch(requests, reserved,
-                      changes_namespaces=changes_namespaces(requests[-1].cmd.opcode, self.box.queue))
+    def _submit(self, batch: Batch) -> None:
         if batch.changes_namespaces:
             self.box.targets.begin_change()
         self.batches.append(batch)

@@ -20,8 +20,7 @@ from . import status as S
 from .logs import CCC, CSE_MASK, CSUPP, LBCC, NCC, NIC
 from .opcodes import (ALL, IO, POLICIES, XFER_BIDI, XFER_FROM_CTRL, XFER_NONE, XFER_TO_CTRL, Opcode,
                       direction, lookup, name_of)
-from .queue import (CQE_SIZE, FUSE_MASK, PSDT_MASK, SC_MASK, SCT_MASK, SCT_SHIFT, SQE_SIZE, Command,
-                    Completion)
+from .queue import CQE_SIZE, FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion
 
 MAX_TIMEOUT_MS = 3_600_000
 MAX_DATA_LEN = 256 << 20    # bytes: the most one request moves, whatever MDTS (65536 blocks of 4 KiB)
@@ -287,7 +286,7 @@ def encode_response(req: PassthruRequest, cpl: Completion) -> bytes:
 
 _XXD_LINE = len(xxd(bytes(16))) - 16       # an xxd line less its 16 characters of text
 # the status with the longest name (SCT and SC decide it; DNR, More and CRD do not)
-_LONGEST_NAMED = max(range((SCT_MASK << SCT_SHIFT | SC_MASK) + 1),
+_LONGEST_NAMED = max(range(S.CODE_MASK + 1),
                      key=lambda status: len(S.describe(status).name))
 
 
