@@ -12,7 +12,7 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Awaitable, NamedTuple, Sequence
 
 import trio
 
@@ -102,10 +102,14 @@ class Controller(ABC):
 
     @abstractmethod
     async def _execute(self, req: Request) -> Completion:
-        """Carry one command and return its completion. `submit_batch` calls it for
-        each command in turn and checkpoints once per batch, so a command that
-        completes at once needs no checkpoint here. May be cancelled (timeout):
+        """Carry one command and return its completion. May be cancelled (timeout):
         then the backend must keep the command's buffers valid until it is gone."""
+
+    def _begin(self, req: Request) -> Completion | Awaitable[Completion]:
+        """Start one command: its Completion when it completed at once (a backend
+        whose commands can, such as the sim's, says so here), else an awaitable
+        of it, which `submit_batch` awaits under the command's deadline."""
+        return self._execute(req)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         """Open the device; called once by `start`. Background tasks (completion
@@ -164,44 +168,43 @@ class Controller(ABC):
     async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
         """Carry many commands; completions in request order.
 
-        The commands are carried in turn, each by `_execute`, under one cancel
-        scope whose deadline is that of the command being carried (its timeout
-        counts from when it is carried). A command past its deadline is aborted
-        (or the controller reset) and answered host-aborted; the rest still run.
-        The batch is one checkpoint, whatever its size: a backend whose commands
-        complete at once never yields per command. A transport failure fails the
-        batch: it is raised, and the commands after it are not carried."""
+        The commands are carried in turn. One that completes at once (`_begin`)
+        costs no cancel scope, deadline or task: nothing can time it out. One
+        that has to wait is awaited under its own deadline (its timeout counts
+        from when it is carried); past it, it is aborted (or the controller
+        reset) and answered host-aborted, and the rest still run. The batch is
+        one checkpoint, whatever its size. A transport failure fails the batch:
+        it is raised, and the commands after it are not carried."""
         await trio.lowlevel.checkpoint()
-        n = len(reqs)
         stats = self._stats
-        stats.submitted += n
-        stats.in_flight += n
+        stats.submitted += len(reqs)
         out: list[Completion] = []
+        errors = 0
         try:
-            while len(out) < n:
-                # A scope, once its deadline has passed, stays cancelled: a command
-                # that timed out (or completed just past its deadline) needs a new one.
-                with trio.CancelScope() as scope:
-                    for i in range(len(out), n):
-                        scope.deadline = self.deadline(reqs[i])
-                        out.append(self._count(await self._execute(reqs[i])))
-                        if scope.cancel_called:
-                            break
-                if scope.cancelled_caught:
-                    out.append(self._count(await self._timed_out(reqs[len(out)])))
+            for req in reqs:
+                cpl = self._begin(req)
+                if cpl.__class__ is not Completion:
+                    stats.in_flight += 1
+                    try:
+                        cpl = await self._wait(req, cpl)
+                    finally:
+                        stats.in_flight -= 1
+                if cpl.status & status.CODE_MASK:
+                    errors += 1
+                out.append(cpl)
         except TransportError:
             stats.transport_errors += 1
             raise
         finally:
-            stats.in_flight -= n - len(out)
+            stats.completed += len(out)
+            stats.errors += errors
         return out
 
-    def _count(self, cpl: Completion) -> Completion:
-        self._stats.in_flight -= 1
-        self._stats.completed += 1
-        if not cpl.ok:
-            self._stats.errors += 1
-        return cpl
+    async def _wait(self, req: Request, started: Awaitable[Completion]) -> Completion:
+        """The completion of a started command, or host-aborted past its deadline."""
+        with trio.move_on_at(self.deadline(req)):
+            return await started
+        return await self._timed_out(req)
 
     async def _timed_out(self, req: Request) -> Completion:
         self._stats.timeouts += 1

@@ -55,8 +55,8 @@ def controller_dir(ctrl: Controller) -> Dir:
         return text_lines(controller_info(ctrl))
 
     return StaticDir(ctrl.name, [
-        SnapshotFile("info", info),
-        *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE),
+        SnapshotFile("info", info, waits=False),
+        *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE, waits=False),
         log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
         PassthruDir(ctrl), ResetFile(ctrl), *sim_files(ctrl),
     ])

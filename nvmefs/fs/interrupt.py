@@ -18,7 +18,9 @@ who asks. So this module:
 - calls libfuse through cffi (ABI mode, the libfuse3 pyfuse3 itself uses):
   `fuse_req_ctx()` for the caller (uid, gid, pid of THIS request: the thread
   that reads, not the one that opened), and `fuse_req_interrupt_func()` with
-  one callback for all requests, keyed by an integer. The callback runs on the
+  one callback for all requests, keyed by an integer, only around a handler's
+  waits (`armed`): a handler that answers at once costs no call into libfuse,
+  nor a cancel scope. The callback runs on the
   trio thread, inside pyfuse3's session loop, and cancels the request's cancel
   scope; the handler answers EINTR. A request is deregistered before it is
   answered, and the callback acts only on keys still registered, so a late
@@ -34,6 +36,7 @@ opener's for read and write.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -49,6 +52,7 @@ import trio
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 10.0        # seconds the startup read may take before it is given up
+REAP_TIMEOUT = 1.0          # seconds to wait for that reader once it is killed
 
 _CDEF = """
 typedef struct fuse_req *fuse_req_t;
@@ -71,8 +75,10 @@ class Caller(NamedTuple):
 
 NOBODY = Caller(-1, -1, 0)
 
-# set by the wrapped pyfuse3 coroutine for the request it runs: (name, pyfuse3 _Container)
-_dispatched: ContextVar[tuple[str, Any] | None] = ContextVar("nvmefs_dispatched", default=None)
+# (name, pyfuse3 _Container) of the request pyfuse3 is about to run: its worker task
+# awaits the coroutine at once, so the handler's Request takes it before anything
+# else can run (and clears it)
+_dispatched: tuple[str, Any] | None = None
 # the request a handler is answering
 _current: ContextVar["Request | None"] = ContextVar("nvmefs_request", default=None)
 
@@ -85,10 +91,11 @@ def caller() -> Caller:
     return request.caller
 
 
-def interruptible() -> bool:
-    """True if FUSE_INTERRUPT can reach the request being handled (it cancels it)."""
-    request = _current.get()
-    return request is not None and request.key != 0
+def learning() -> bool:
+    """True while a read still has something to teach: where pyfuse3 keeps the
+    request (the first read) or who reads (the startup check); such a read must
+    be handled in a Request, even one served from memory."""
+    return _hook.offset is None and _hook.state != FALLBACK or _hook.probing
 
 
 def _caller_of(ctx) -> Caller:
@@ -99,53 +106,100 @@ def _caller_of(ctx) -> Caller:
     return Caller(ctx.uid, ctx.gid, ctx.pid, getattr(ctx, "umask", 0))
 
 
+_UNKNOWN = object()
+
+
 class Request:
     """One FUSE request being handled (a context manager around the handler).
 
-    It knows the request's caller (`caller()` inside it) and holds a cancel
-    scope that the request's FUSE_INTERRUPT cancels. `ctx` is pyfuse3's
-    RequestContext where the handler has one, else the opener's Caller;
-    `read=(fh, offset, size)` lets a read teach the container's layout.
-    `__exit__` returns True when it swallowed the cancellation of an interrupt:
-    the handler then answers EINTR."""
+    It knows the request's caller (`caller()` inside it), found only when asked:
+    `ctx` is pyfuse3's RequestContext where the handler has one (the request's
+    own), else the opener's Caller, which libfuse's answer for this very
+    request replaces. `read=(fh, offset, size)` lets a read teach the
+    container's layout. Entering costs next to nothing: a handler that never
+    waits is never registered with libfuse; `armed()` does that around waits."""
 
-    __slots__ = ("ctx", "read", "op", "req", "key", "caller", "scope", "interrupted", "_token")
+    __slots__ = ("ctx", "read", "op", "container", "_req", "_caller", "key", "scope",
+                 "interrupted", "_token")
 
     def __init__(self, ctx=None, read: tuple[int, int, int] | None = None):
         self.ctx, self.read = ctx, read
         self.op = "request"
-        self.req = None
+        self.container = None
+        self._req = self._caller = _UNKNOWN
         self.key = 0
+        self.scope: trio.CancelScope | None = None
         self.interrupted = False
 
     def __enter__(self) -> "Request":
-        dispatched = _dispatched.get()
-        found = None
+        global _dispatched
+        dispatched, _dispatched = _dispatched, None
         if dispatched is not None:
-            self.op, container = dispatched
-            self.req = _hook.req_of(container, self.read)
-            if self.req is not None:
-                found = _hook.caller_of(self.req)
-        self.caller = found or _caller_of(self.ctx)
-        if found is not None and self.read is not None:
-            _hook.saw_read(found)
-        self.scope = trio.CancelScope()
-        self.scope.__enter__()
+            self.op, self.container = dispatched
+            if self.read is not None and (_hook.offset is None or _hook.probing) \
+                    and self.req is not None:   # a read teaches the layout; the probe looks
+                _hook.saw_read(self.caller)
         self._token = _current.set(self)
-        if self.req is not None:
-            _hook.register(self)        # calls interrupt() at once if already interrupted
         return self
 
-    def __exit__(self, etype, exc, tb) -> bool:
-        if self.key:
-            _hook.unregister(self)      # before pyfuse3 answers (and libfuse frees req)
+    def __exit__(self, etype, exc, tb) -> None:
         _current.reset(self._token)
-        swallowed = self.scope.__exit__(etype, exc, tb)
-        return bool(swallowed) and self.interrupted
+
+    @property
+    def req(self):
+        """The request's fuse_req_t, or None where it cannot be known."""
+        if self._req is _UNKNOWN:
+            self._req = None if self.container is None else \
+                _hook.req_of(self.container, self.read)
+        return self._req
+
+    @property
+    def caller(self) -> Caller:
+        if self._caller is _UNKNOWN:
+            own = self.ctx is None or isinstance(self.ctx, Caller)
+            req = self.req if own else None
+            self._caller = _hook.caller_of(req) if req is not None else _caller_of(self.ctx)
+        return self._caller
 
     def interrupt(self) -> None:
         self.interrupted = True
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class armed:
+    """Around a wait inside a handler: the request's FUSE_INTERRUPT cancels it, and
+    the block raises InterruptedError (EINTR). `interruptible` says whether an
+    interrupt can reach it at all (else waits watch the caller's signals). Nested
+    blocks share the outer one; outside a request it does nothing."""
+
+    __slots__ = ("request", "interruptible")
+
+    def __enter__(self) -> "armed":
+        request = _current.get()
+        if request is None or request.scope is not None:
+            self.request = None
+            self.interruptible = request is not None and request.key != 0
+            return self
+        self.request = request
+        request.scope = trio.CancelScope()
+        request.scope.__enter__()
+        if request.req is not None:
+            _hook.register(request)         # calls interrupt() at once if already interrupted
+        self.interruptible = request.key != 0
+        return self
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        request = self.request
+        if request is None:
+            return False
+        if request.key:
+            _hook.unregister(request)       # before pyfuse3 answers (and libfuse frees req)
+        scope, request.scope = request.scope, None
+        scope.__exit__(etype, exc, tb)
+        if scope.cancelled_caught:          # only an interrupt cancels this scope
+            raise InterruptedError(errno.EINTR, f"{request.op} interrupted")
+        return False
 
 
 @dataclass(frozen=True)
@@ -299,12 +353,12 @@ _hook = _Hook()
 
 
 def _dispatching(name: str, original):
-    async def dispatch(container, *args):
-        token = _dispatched.set((name.removeprefix("fuse_").removesuffix("_async"), container))
-        try:
-            await original(container, *args)
-        finally:
-            _dispatched.reset(token)
+    op = name.removeprefix("fuse_").removesuffix("_async")
+
+    def dispatch(container, *args):
+        global _dispatched
+        _dispatched = (op, container)
+        return original(container, *args)
     dispatch.__name__ = dispatch.__qualname__ = name
     dispatch.__wrapped__ = original
     return dispatch
@@ -362,8 +416,11 @@ async def confirm(path: str) -> bool:
     finally:
         _hook.probing = False
         if reader is not None and reader.returncode is None:
-            reader.kill()           # this daemon answers its read, so it can go
-            with trio.CancelScope(shield=True):
+            reader.kill()
+            # Bounded even when shielded: a daemon stopping now no longer answers, and
+            # the reader may be in close(), whose FLUSH not even SIGKILL ends; the
+            # unmount that follows ends it.
+            with trio.CancelScope(shield=True), trio.move_on_after(REAP_TIMEOUT):
                 await reader.wait()
     seen, _hook.probe_seen = _hook.probe_seen.get(reader.pid) if reader else None, {}
     if reader is None or reader.returncode != 0:

@@ -29,6 +29,9 @@ class Node:
     # How long the kernel may keep the attributes (it checks permissions on every
     # path component with them): nodes whose size follows their content say 0.
     attr_timeout = 1.0
+    # Whether opening it may wait on the controller: such an open is armed for
+    # FUSE_INTERRUPT as a whole (fs.interrupt.armed); one that never waits is not.
+    waits = True
 
     def __init__(self, name: str):
         self.name = name
@@ -47,6 +50,8 @@ class Handle:
     """An open file. The default handle is read-only and empty."""
     direct_io = True
     nonseekable = False
+    waits = True            # its read, write or release may wait (as Node.waits)
+    snapshot: bytes | None = None   # all it reads, when that is fixed bytes in memory
 
     async def read(self, offset: int, size: int) -> bytes:
         return b""
@@ -62,11 +67,15 @@ class Handle:
 
 
 class SnapshotHandle(Handle):
+    """Reads the bytes taken at open; releasing it does nothing (Operations serves
+    both without a request context: nothing here waits, fails or asks who calls)."""
+    waits = False
+
     def __init__(self, data: bytes):
-        self.data = data
+        self.snapshot = data
 
     async def read(self, offset: int, size: int) -> bytes:
-        return self.data[offset:offset + size]
+        return self.snapshot[offset:offset + size]
 
 
 class File(Node):
@@ -81,12 +90,15 @@ def wants_write(flags: int) -> bool:
 class SnapshotFile(File):
     """Bytes fetched at each open. st_size is `fixed_size` when the size is known
     without asking the controller (raw views), else the last snapshot's length
-    (0 before the first open): listing and stat never send a command."""
+    (0 before the first open): listing and stat never send a command. `waits`:
+    False when `fetch` never sends a command (data the controller object holds)."""
 
-    def __init__(self, name: str, fetch: Fetch, fixed_size: int | None = None):
+    def __init__(self, name: str, fetch: Fetch, fixed_size: int | None = None,
+                 waits: bool = True):
         super().__init__(name)
         self.fetch = fetch
         self.fixed_size = fixed_size
+        self.waits = waits
         self.last_size = 0
         if fixed_size is None:
             self.attr_timeout = 0.0

@@ -28,37 +28,49 @@ from .nodes import Dir, File, Handle, Tree
 log = logging.getLogger(__name__)
 
 
-class handling:
-    """The context of one FUSE request's handler.
+class handling(interrupt.Request):
+    """The context of one FUSE request's handler (an interrupt.Request).
 
     `ctx`: pyfuse3's RequestContext where the handler has one, else the
     opener's interrupt.Caller (the caller is taken from libfuse where it can
     be: the request's own). `read=(fh, offset, size)` on reads only (it lets
-    fs.interrupt check where pyfuse3 keeps the request)."""
+    fs.interrupt check where pyfuse3 keeps the request). `waits`: the handler
+    may wait on the controller, so all of it is armed for FUSE_INTERRUPT; one
+    that says no arms only its own waits (fs.waits)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("armed",)
 
-    def __init__(self, ctx=None, read: tuple[int, int, int] | None = None):
-        self.request = interrupt.Request(ctx, read)
+    def __init__(self, ctx=None, read: tuple[int, int, int] | None = None, waits: bool = True):
+        super().__init__(ctx, read)
+        self.armed = interrupt.armed() if waits else None
 
     def __enter__(self) -> interrupt.Request:
-        return self.request.__enter__()
+        super().__enter__()
+        if self.armed is not None:
+            self.armed.__enter__()
+        return self
 
     def __exit__(self, etype, exc, tb) -> bool:
-        request = self.request
-        if request.__exit__(etype, exc, tb):
-            log.debug("%s of pid %d: interrupted", request.op, request.caller.pid)
-            raise FUSEError(errno.EINTR)
+        try:
+            if self.armed is not None:
+                self.armed.__exit__(etype, exc, tb)
+        except InterruptedError as e:
+            etype, exc = InterruptedError, e
+        finally:
+            super().__exit__(etype, exc, tb)
         if etype is None or issubclass(etype, FUSEError) or not issubclass(etype, Exception):
             return False            # an answer, or a cancellation of the whole daemon
+        if issubclass(etype, InterruptedError):
+            log.debug("%s of pid %d: interrupted", self.op, self.caller.pid)
+            raise FUSEError(errno.EINTR) from None
         if issubclass(etype, TransportError):
-            log.warning("%s: %s", request.op, exc)
+            log.warning("%s: %s", self.op, exc)
             raise FUSEError(exc.errno) from None
         if issubclass(etype, trio.TooSlowError):
             raise FUSEError(errno.ETIMEDOUT) from None
         if issubclass(etype, OSError):
             raise FUSEError(exc.errno or errno.EIO) from None
-        log.error("%s failed", request.op, exc_info=(etype, exc, tb))
+        log.error("%s failed", self.op, exc_info=(etype, exc, tb))
         raise FUSEError(errno.EIO) from None
 
 
@@ -79,15 +91,11 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.ENOTDIR)
         return node
 
-    def _handle(self, fh: int) -> Handle:
+    def _entry(self, fh: int) -> tuple[Handle, interrupt.Caller]:
         entry = self._fh.get(fh)
         if entry is None:
             raise FUSEError(errno.EBADF)
-        return entry[0]
-
-    def _opener(self, fh: int) -> interrupt.Caller | None:
-        entry = self._fh.get(fh)
-        return entry[1] if entry is not None else None
+        return entry
 
     async def _open(self, node, flags: int, ctx) -> pyfuse3.FileInfo:
         if not isinstance(node, File):
@@ -106,11 +114,11 @@ class Operations(pyfuse3.Operations):
             return await self.tree.attr(node)
 
     async def getattr(self, inode, ctx=None):
-        with handling(ctx):
+        with handling(ctx, waits=False):       # sizes never fetch
             return await self.tree.attr(self.tree.get(inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        with handling(ctx):
+        with handling(ctx, waits=False):
             node = self.tree.get(inode)
             # O_TRUNC on a writable file arrives as a size change to 0: nothing to truncate
             if fields.update_size and not (attr.st_size == 0 and getattr(node, "writable", False)):
@@ -138,30 +146,36 @@ class Operations(pyfuse3.Operations):
                     break
 
     async def releasedir(self, fh):
-        with handling():
+        with handling(waits=False):
             self._dirs.pop(fh, None)
 
     async def open(self, inode, flags, ctx):
-        with handling(ctx):
-            return await self._open(self.tree.get(inode), flags, ctx)
+        node = self.tree.get(inode)
+        with handling(ctx, waits=node.waits):
+            return await self._open(node, flags, ctx)
 
     async def read(self, fh, off, size):
-        with handling(self._opener(fh), read=(fh, off, size)):
-            return await self._handle(fh).read(off, size)
+        h, opener = self._entry(fh)
+        if h.snapshot is not None and not interrupt.learning():
+            return h.snapshot[off:off + size]
+        with handling(opener, read=(fh, off, size), waits=h.waits):
+            return await h.read(off, size)
 
     async def write(self, fh, off, buf):
-        with handling(self._opener(fh)):
-            return await self._handle(fh).write(off, bytes(buf))
+        h, opener = self._entry(fh)
+        with handling(opener, waits=h.waits):
+            return await h.write(off, bytes(buf))
 
     async def release(self, fh):
-        with handling(self._opener(fh)):
-            entry = self._fh.pop(fh, None)
-            if entry is not None:
-                await entry[0].release()
+        h, opener = self._entry(fh)
+        del self._fh[fh]
+        if h.snapshot is None:
+            with handling(opener, waits=h.waits):
+                await h.release()
 
     async def poll(self, inode, fh, poll_handle, ctx):
-        with handling(ctx):
-            return await self._handle(fh).poll(poll_handle)
+        with handling(ctx, waits=False):
+            return await self._entry(fh)[0].poll(poll_handle)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         with handling(ctx):
@@ -180,7 +194,7 @@ class Operations(pyfuse3.Operations):
             await parent.unlink(os.fsdecode(name), ctx)
 
     async def statfs(self, ctx):
-        with handling(ctx):
+        with handling(ctx, waits=False):
             s = pyfuse3.StatvfsData()
             s.f_bsize = s.f_frsize = 4096
             s.f_files = len(self.tree.nodes)

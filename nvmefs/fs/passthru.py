@@ -27,16 +27,17 @@ from dataclasses import dataclass, field
 import trio
 from pyfuse3 import FUSEError
 
-from ..backends.base import MAX_TIMEOUT, RESET_TIMEOUT, Controller, Request, TransportError
+from ..backends.base import MAX_TIMEOUT, RESET_TIMEOUT, Controller, TransportError
 from ..spec import identify as ID
 from ..spec import logs as L
 from ..spec import passthru as P
 from ..spec.commands import LID_EFFECTS
-from ..spec.opcodes import ADMIN, IO, changes_namespaces
+from ..spec.opcodes import ADMIN, CHANGES_NAMESPACES, IO
 from ..spec.session import NEED_DATA, MailboxSession, RequestError
 from .budget import Budget
 from .chunks import Pieces
 from .errors import check
+from . import interrupt
 from .interrupt import caller
 from .nodes import Dir, File, Handle, Node, wants_write
 
@@ -67,7 +68,8 @@ class Targets:
         if self.changing:
             await waiters.wait_until(lambda: not self.changing, lambda: self.changed, WAIT_LIMIT)
         if self._generation != self.ctrl.generation:
-            await self._refresh()
+            with interrupt.armed():
+                await self._refresh()
         key = (queue, policy)
         target = self._targets.get(key)
         if target is None:
@@ -118,6 +120,7 @@ class Batch:
 class Mailbox(File):
     """A file in passthru/: `admin`, `io`, or a private `admin.NAME` / `io.NAME`."""
     writable = True
+    waits = False           # its handles arm their own waits
     attr_timeout = 0.0      # its size is the asking user's kept answers
 
     def __init__(self, name: str, ctrl: Controller, queue: str, targets: Targets,
@@ -155,6 +158,8 @@ class Mailbox(File):
 
 
 class MailboxHandle(Handle):
+    waits = False           # fs.waits and Targets arm what waits
+
     def __init__(self, box: Mailbox, uid: int, policy: str, answers: Pieces,
                  budget: Budget | None, write_only: bool = False):
         self.box, self.uid, self.policy = box, uid, policy
@@ -182,6 +187,7 @@ class MailboxHandle(Handle):
         session.receive_data(data)
         requests: list[P.PassthruRequest] = []
         reserved, failure, cut, changing = 0, None, None, False
+        budget, changes = self.budget, CHANGES_NAMESPACES[box.queue]
         while True:
             event = session.next_request(target)
             if event is NEED_DATA:
@@ -190,7 +196,7 @@ class MailboxHandle(Handle):
                 failure, cut = event, event.start
                 break
             size = P.answer_size(event)
-            if not self.budget.reserve(size):
+            if not budget.reserve(size):
                 failure = RequestError(errno.ENOBUFS, "the answers would not fit: read them first",
                                        start=session.last_start)
                 # a request begun in an earlier write stays buffered: that write was taken
@@ -198,7 +204,7 @@ class MailboxHandle(Handle):
                 break
             reserved += size
             requests.append(event)
-            if changes_namespaces(event.cmd.opcode, box.queue):
+            if event.cmd.opcode in changes:
                 changing = True             # the batch ends here: the rest is validated
                 if session.buffered:        # after the change
                     cut = session.consumed
@@ -237,8 +243,7 @@ class MailboxHandle(Handle):
     async def _run(self, batch: Batch) -> None:
         """Carry one batch; whatever happens, it is answered (supervised work)."""
         box = self.box
-        reqs = [Request(box.queue, r.cmd, r.data_out, r.data_in_len,
-                        r.timeout_ms / 1000 if r.timeout_ms else None) for r in batch.requests]
+        reqs = batch.requests               # each has a backend Request's fields
         try:
             try:
                 cpls = await box.ctrl.submit_batch(reqs)

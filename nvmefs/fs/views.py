@@ -23,13 +23,14 @@ def rendered(kind: str, fetch: Fetch, fmt: str, ctx: Mapping[str, Any]) -> Fetch
 
 
 def views(name: str, kind: str | None, fetch: Fetch, ctx: Mapping[str, Any] | None = None,
-          raw_size: int | None = None,
-          raw: Callable[[str], Node] | None = None) -> list[Node]:
+          raw_size: int | None = None, raw: Callable[[str], Node] | None = None,
+          waits: bool = True) -> list[Node]:
     """Raw, JSON and text files for one structure; raw only if `kind` has no decoder.
-    `raw` makes a custom raw node (large logs read at an offset)."""
-    nodes = [raw(name) if raw else SnapshotFile(name, fetch, raw_size)]
+    `raw` makes a custom raw node (large logs read at an offset); `waits` is
+    SnapshotFile's."""
+    nodes = [raw(name) if raw else SnapshotFile(name, fetch, raw_size, waits)]
     if kind is not None:
-        nodes += [SnapshotFile(f"{name}.{fmt}", rendered(kind, fetch, fmt, ctx or {}))
+        nodes += [SnapshotFile(f"{name}.{fmt}", rendered(kind, fetch, fmt, ctx or {}), waits=waits)
                   for fmt in ("json", "txt")]
     return nodes
 

@@ -63,8 +63,8 @@ class Waiters:
         self._waiting += 1
         self._most = max(self._most, self._waiting)
         try:
-            with trio.move_on_after(limit) as deadline:
-                if interrupt.interruptible():
+            with interrupt.armed() as armed, trio.move_on_after(limit) as deadline:
+                if armed.interruptible:
                     while not ready():
                         await changed().wait()
                 else:

@@ -64,9 +64,10 @@ class Bits:
         object.__setattr__(self, "_names", tuple(f"cdw{self.dword + i}" for i in range(count)))
 
     def get(self, cmd: Command) -> int:
-        wide = 0
-        for i, name in enumerate(self._names):
-            wide |= getattr(cmd, name) << 32 * i
+        names = self._names
+        wide = getattr(cmd, names[0])
+        for i in range(1, len(names)):
+            wide |= getattr(cmd, names[i]) << 32 * i
         return wide >> self.shift & self.mask
 
     def put(self, value: int) -> dict[str, int]:

@@ -126,8 +126,12 @@ def name_of(queue: str, opcode: int) -> str:
     return op.name if op else "Unknown"
 
 
+# Per queue, the opcodes that may change namespaces or their identify data (effects
+# NCC or NIC, Figure 210): identify must be read again before the next request is checked.
+CHANGES_NAMESPACES: dict[str, frozenset[int]] = {
+    q: frozenset(op for op, row in rows.items() if row.effects & (_NCC | _NIC))
+    for q, rows in OPCODES.items()}
+
+
 def changes_namespaces(opcode: int, queue: str) -> bool:
-    """The command may change namespaces or their identify data (effects NCC or NIC,
-    Figure 210), so identify must be read again before the next request is checked."""
-    op = OPCODES[queue].get(opcode)
-    return op is not None and bool(op.effects & (_NCC | _NIC))
+    return opcode in CHANGES_NAMESPACES[queue]

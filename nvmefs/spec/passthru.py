@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from operator import itemgetter
 from typing import Mapping, NamedTuple, Sequence
 
 from . import status as S
@@ -59,9 +61,18 @@ class Target:
     max_transfer: int = 0                          # bytes; 0: no limit (MAX_DATA_LEN still is)
     namespaces: Mapping[int, int] | None = None    # active NSID -> block size
     effects: Sequence[int] | None = None           # this queue's effects words, if known
+    # what validate() decides from the opcode alone, per opcode, made on first use
+    verdicts: dict[int, "_Verdict"] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def limit(self) -> int:
+        """The most data one request may move here."""
+        return min(self.max_transfer or MAX_DATA_LEN, MAX_DATA_LEN)
 
 
 class PassthruRequest(NamedTuple):
+    """A parsed request. With `queue` and `timeout` (seconds, None: the queue's
+    default) it is also what a backend carries (backends.base.Request's fields)."""
     cmd: Command            # the caller's entry: its CID is the caller's tag
     data_len: int
     timeout_ms: int
@@ -69,32 +80,44 @@ class PassthruRequest(NamedTuple):
     text: bool
     data_in_len: int        # data_len for controller-to-host opcodes, else 0
     metadata_len: int = 0
+    queue: str = ""
+    timeout: float | None = None
 
     @property
     def data_out_len(self) -> int:
         """The bytes of data that follow a binary entry."""
-        return self.data_len if direction(self.cmd.opcode) == XFER_TO_CTRL else 0
+        return self.data_len if self.cmd.opcode & 3 == XFER_TO_CTRL else 0
+
+
+_new = tuple.__new__        # NamedTuples from whole tuples: the hot path skips their __new__
 
 
 def _request(cmd: Command, data_len: int, timeout_ms: int, data_out: bytes, text: bool,
-             metadata_len: int) -> PassthruRequest:
-    data_in = data_len if direction(cmd.opcode) == XFER_FROM_CTRL else 0
-    return PassthruRequest(cmd, data_len, timeout_ms, data_out, text, data_in, metadata_len)
+             metadata_len: int, queue: str) -> PassthruRequest:
+    data_in = data_len if cmd.opcode & 3 == XFER_FROM_CTRL else 0
+    return _new(PassthruRequest, (cmd, data_len, timeout_ms, data_out, text, data_in,
+                                  metadata_len, queue, timeout_ms / 1000 if timeout_ms else None))
 
 
 # ------------------------------------------------------------------ parsing
 
-def parse_header(buf: bytes | bytearray, pos: int) -> PassthruRequest:
-    """The binary entry at `pos` (64 bytes there), without its data."""
-    (opcode, flags, cid, nsid, cdw2, cdw3, mptr, data_len, metadata_len, timeout_ms, reserved,
-     *cdw) = _REQ.unpack_from(buf, pos)      # in _FIELDS order
-    if reserved:
+# the unpacked entry (in _FIELDS order) -> Command's fields, but for prp1 and prp2 (zero)
+_TO_COMMAND = itemgetter(*(list(_FIELDS).index(f) for f in Command._fields[:-2]))
+_NO_PRPS = (0, 0)
+_DATA_LEN, _METADATA_LEN, _TIMEOUT_MS, _RESERVED = (list(_FIELDS).index(f) for f in (
+    "data_len", "metadata_len", "timeout_ms", "reserved"))
+
+
+def parse_header(buf: bytes | bytearray, pos: int, queue: str = "") -> PassthruRequest:
+    """The binary entry at `pos` (64 bytes there), for `queue`, without its data."""
+    v = _REQ.unpack_from(buf, pos)
+    if v[_RESERVED]:
         raise RequestError(errno.EINVAL, "reserved bytes 36..39 are not zero")
-    cmd = Command(opcode, nsid, *cdw, cdw2, cdw3, flags, cid, mptr)
-    return _request(cmd, data_len, timeout_ms, b"", False, metadata_len)
+    return _request(_new(Command, _TO_COMMAND(v) + _NO_PRPS), v[_DATA_LEN], v[_TIMEOUT_MS],
+                    b"", False, v[_METADATA_LEN], queue)
 
 
-def parse_text_line(line: bytes | bytearray) -> PassthruRequest | None:
+def parse_text_line(line: bytes | bytearray, queue: str = "") -> PassthruRequest | None:
     """`key=value` words (nvme-cli's passthru option names); None for a blank or comment line."""
     try:
         words = line.decode("ascii").split("#", 1)[0].split()
@@ -128,7 +151,7 @@ def parse_text_line(line: bytes | bytearray) -> PassthruRequest | None:
         raise RequestError(errno.EINVAL, "no opcode=")
     cmd = Command(**{k: fields.get(k, 0) for k in _CMD_KEYS})
     req = _request(cmd, fields.get("data_len", len(data or b"")), fields.get("timeout_ms", 0),
-                   data or b"", True, fields.get("metadata_len", 0))
+                   data or b"", True, fields.get("metadata_len", 0), queue)
     if data is not None and req.data_out_len != len(data):
         raise RequestError(errno.EINVAL, f"data= has {len(data)} bytes, for opcode "
                            f"{req.cmd.opcode:#04x} with data_len={req.data_len}")
@@ -173,7 +196,7 @@ def admits(policy: str, queue: str, op: int, effect: int | None = None) -> bool:
 
 # ------------------------------------------------------------------ validation against the target
 
-# Checks of the request alone: (is bad, errno, message)
+# Checks of the request alone, in order: (is bad, errno, message)
 _SHAPE = [
     (lambda r: r.cmd.flags & FUSE_MASK, errno.EINVAL, "fused operations are not supported (flags 1:0)"),
     (lambda r: r.cmd.flags & PSDT_MASK, errno.EINVAL, "PSDT/SGL selection is not allowed (flags 7:6)"),
@@ -188,41 +211,68 @@ _SHAPE = [
 ]
 
 
+class _Verdict(NamedTuple):
+    """What the opcode alone decides for a target: the refusal checked before the
+    request's shape (queue management), the one checked after it (unknown, not
+    admitted by the policy, not in the effects log), and its table row."""
+    first: tuple[int, str] | None
+    then: tuple[int, str] | None
+    row: Opcode | None
+
+
+def _verdict(t: Target, op: int) -> _Verdict:
+    row = lookup(t.queue, op)
+    if row is not None and row.queue_mgmt:
+        return _Verdict((errno.EPERM, f"{row.name} belongs to the daemon's own queues"), None, row)
+    effect = t.effects[op] if t.effects is not None else None
+    need = _needs(row, effect)
+    then = None
+    if row is None and not (effect or 0) & CSUPP:
+        then = errno.EOPNOTSUPP, f"unknown {t.queue} opcode {op:#04x}"
+    elif _RANK[t.policy] < need:
+        then = errno.EACCES, (f"{name_of(t.queue, op)} (opcode {op:#04x}) needs "
+                              f"--passthru={POLICIES[need]}; this mailbox has {t.policy}")
+    elif effect is not None and not effect & CSUPP:
+        then = errno.EOPNOTSUPP, f"opcode {op:#04x} is not in the controller's effects log"
+    return _Verdict(None, then, row)
+
+
 def validate(req: PassthruRequest, t: Target) -> None:
     """Raise RequestError unless `req` may be sent to the controller behind `t`.
     Queue management comes first (EPERM in every policy)."""
     cmd = req.cmd
     op = cmd.opcode
-    row = lookup(t.queue, op)
-    if row is not None and row.queue_mgmt:
-        raise RequestError(errno.EPERM, f"{row.name} belongs to the daemon's own queues")
-    for bad, err, message in _SHAPE:
-        if bad(req):
-            raise RequestError(err, f"opcode {op:#04x} data_len={req.data_len}: {message}")
-    effect = t.effects[op] if t.effects is not None else None
-    if row is None and not (effect or 0) & CSUPP:
-        raise RequestError(errno.EOPNOTSUPP, f"unknown {t.queue} opcode {op:#04x}")
-    need = _needs(row, effect)
-    if _RANK[t.policy] < need:
-        raise RequestError(errno.EACCES, f"{name_of(t.queue, op)} (opcode {op:#04x}) needs "
-                           f"--passthru={POLICIES[need]}; this mailbox has {t.policy}")
-    if effect is not None and not effect & CSUPP:
-        raise RequestError(errno.EOPNOTSUPP, f"opcode {op:#04x} is not in the controller's effects log")
-    limit = min(t.max_transfer or MAX_DATA_LEN, MAX_DATA_LEN)
-    if req.data_len > limit:
-        raise RequestError(errno.E2BIG, f"data_len={req.data_len} is above {limit} bytes "
+    verdict = t.verdicts.get(op)
+    if verdict is None:
+        verdict = t.verdicts[op] = _verdict(t, op)
+    if verdict.first:
+        raise RequestError(*verdict.first)
+    data_len = req.data_len
+    xfer = op & 3
+    # any of _SHAPE's checks may fail: find the first that does
+    if cmd.flags or cmd.mptr or req.metadata_len or data_len & 3 or xfer == XFER_BIDI \
+            or (xfer == XFER_NONE and data_len):
+        for bad, err, message in _SHAPE:
+            if bad(req):
+                raise RequestError(err, f"opcode {op:#04x} data_len={data_len}: {message}")
+    if verdict.then:
+        raise RequestError(*verdict.then)
+    if data_len > t.limit:
+        raise RequestError(errno.E2BIG, f"data_len={data_len} is above {t.limit} bytes "
                            f"(MDTS {t.max_transfer or 'none'}, nvmefs {MAX_DATA_LEN})")
     if req.timeout_ms > MAX_TIMEOUT_MS:
         raise RequestError(errno.ERANGE, f"timeout_ms={req.timeout_ms} is above {MAX_TIMEOUT_MS}")
     block = 0
-    if t.queue == IO and t.namespaces is not None:
-        if cmd.nsid not in t.namespaces:
+    if t.namespaces is not None and t.queue == IO:
+        block = t.namespaces.get(cmd.nsid)
+        if block is None:
             raise RequestError(errno.ENXIO, f"nsid={cmd.nsid} is not an active namespace")
-        block = t.namespaces[cmd.nsid]
-    size = row.data_len(cmd, block) if row is not None and row.data_len else None
-    if size is not None and req.data_len != size:
-        raise RequestError(errno.EINVAL, f"data_len={req.data_len}, but this {row.name} moves "
-                           f"{size} bytes")
+    row = verdict.row
+    if row is not None and row.data_len:
+        size = row.data_len(cmd, block)
+        if size is not None and data_len != size:
+            raise RequestError(errno.EINVAL, f"data_len={data_len}, but this {row.name} moves "
+                               f"{size} bytes")
 
 
 # ------------------------------------------------------------------ requests, as a caller writes them
@@ -274,10 +324,11 @@ def response_parts(req: PassthruRequest, cpl: Completion) -> list[bytes]:
     zero-filled; not copied when it fits); text, its status line, xxd lines, an empty line."""
     n = req.data_in_len
     data = cpl.data if len(cpl.data) == n else cpl.data[:n].ljust(n, b"\0")
-    cpl = cpl._replace(cid=req.cmd.cid)
     if req.text:
+        cpl = cpl._replace(cid=req.cmd.cid)
         return [(status_line(cpl, n) + xxd(data) + "\n").encode()]
-    return [cpl.encode(phase=1), data] if n else [cpl.encode(phase=1)]
+    cqe = cpl.encode(1, req.cmd.cid)
+    return [cqe, data] if n else [cqe]
 
 
 def encode_response(req: PassthruRequest, cpl: Completion) -> bytes:

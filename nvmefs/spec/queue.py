@@ -53,8 +53,11 @@ class Command(NamedTuple):
                    prp1, prp2)
 
     def with_cid(self, cid: int) -> "Command":
-        return self._replace(cid=cid)
+        return _new(Command, self[:_CID] + (cid,) + self[_CID + 1:])
 
+
+_new = tuple.__new__                # a NamedTuple from a whole tuple, without __new__'s keywords
+_CID = Command._fields.index("cid")
 
 # Status field parts (Figure 92)
 SC_MASK, SCT_SHIFT, SCT_MASK = 0xFF, 8, 0x7
@@ -99,9 +102,11 @@ class Completion(NamedTuple):
     def ok(self) -> bool:
         return self.sc == 0 and self.sct == 0
 
-    def encode(self, phase: int = 1) -> bytes:
-        return CQE_LAYOUT.pack(self.dw0, self.dw1, self.sqhd, self.sqid, self.cid,
-                         (self.status << 1 | phase & 1) & 0xFFFF)
+    def encode(self, phase: int = 1, cid: int | None = None) -> bytes:
+        """The 16-byte CQE; `cid` in place of the completion's own."""
+        return CQE_LAYOUT.pack(self.dw0, self.dw1, self.sqhd, self.sqid,
+                               self.cid if cid is None else cid,
+                               (self.status << 1 | phase & 1) & 0xFFFF)
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, data: bytes = b"") -> "Completion":

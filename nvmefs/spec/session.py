@@ -25,6 +25,7 @@ import errno
 
 from .passthru import (TEXT_START, PassthruRequest, RequestError, Target, parse_header, parse_text_line,
                        plausible_opcode, validate)
+from .opcodes import XFER_TO_CTRL
 from .queue import SQE_SIZE
 
 MAX_LINE = 64 << 10     # bytes of a text line with its newline; longer is E2BIG
@@ -115,11 +116,12 @@ class MailboxSession:
         if i == len(buf):
             return NEED_DATA, i
         first = buf[i]
-        ambiguous = first in TEXT_START and plausible_opcode(target, first)
-        if ambiguous and i + 1 == len(buf):
-            return NEED_DATA, i
-        if first in TEXT_START and not (ambiguous and buf[i + 1] == 0):
-            return self._line(target, i)
+        if first in TEXT_START:
+            ambiguous = plausible_opcode(target, first)
+            if ambiguous and i + 1 == len(buf):
+                return NEED_DATA, i
+            if not (ambiguous and buf[i + 1] == 0):
+                return self._line(target, i)
         return self._entry(target, i)
 
     def _line(self, target: Target, i: int) -> tuple[PassthruRequest | _Event | None, int]:
@@ -130,7 +132,7 @@ class MailboxSession:
                 raise RequestError(errno.E2BIG, f"no newline in {MAX_LINE} bytes of text")
             self._scan = self.received
             return NEED_DATA, i
-        req = parse_text_line(buf[i:nl + 1])
+        req = parse_text_line(buf[i:nl + 1], target.queue)
         if req is not None:
             validate(req, target)
         return req, self._base + nl + 1
@@ -139,9 +141,11 @@ class MailboxSession:
         buf = self._buf
         if len(buf) - i < SQE_SIZE:
             return NEED_DATA, i
-        req = parse_header(buf, i)
+        req = parse_header(buf, i, target.queue)
         validate(req, target)
-        end = i + SQE_SIZE + req.data_out_len
+        if req.cmd.opcode & 3 != XFER_TO_CTRL:
+            return req, self._base + i + SQE_SIZE
+        end = i + SQE_SIZE + req.data_len
         if len(buf) < end:
             return NEED_DATA, i
         if end > i + SQE_SIZE:

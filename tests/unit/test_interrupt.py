@@ -48,7 +48,8 @@ async def test_the_caller_is_known_inside_a_request_only():
         with handling(interrupt.Caller(7, 8, 9)):        # an opener's, for read and write
             assert interrupt.caller().pid == 9
         assert interrupt.caller().uid == 1000
-        assert not interrupt.interruptible()               # no pyfuse3 request behind it
+        with interrupt.armed() as armed:
+            assert not armed.interruptible                  # no pyfuse3 request behind it
     with pytest.raises(LookupError):
         interrupt.caller()
 
@@ -78,6 +79,37 @@ async def test_an_interrupt_answers_eintr_only_if_it_cancelled_the_handler():
     answer = await handler(done, 0)
     done[0].interrupt()                 # a late interrupt: the request has its answer
     assert answer == "answer"
+
+
+async def test_a_handler_that_does_not_wait_arms_only_its_waits():
+    """waits=False: no cancel scope around the handler; `armed()` makes one around
+    the wait it guards, and an interrupt there answers EINTR."""
+    seen: list = []
+
+    async def handler(wait: float):
+        with handling(Ctx(), waits=False) as request:
+            seen.append(request)
+            assert request.scope is None
+            with interrupt.armed():
+                assert request.scope is not None
+                with interrupt.armed():                     # nested: the outer one
+                    await trio.sleep(wait)
+            assert request.scope is None
+            return "answer"
+
+    results: list = []
+
+    async def run():
+        try:
+            results.append(await handler(10))
+        except FUSEError as e:
+            results.append(e.errno)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.sleep(0.01)
+        seen[0].interrupt()
+    assert results == [errno.EINTR]
+    assert await handler(0) == "answer"
 
 
 async def test_a_cancellation_of_the_daemon_is_not_eintr():

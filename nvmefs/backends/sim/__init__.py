@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import Sequence
+from typing import Awaitable, Sequence
 
 import trio
 
@@ -33,6 +33,7 @@ from .faults import Fault, Faults, parse_fault
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 1024
+_new = tuple.__new__        # a Completion from a whole tuple (the hot path skips __new__)
 SQID = {ADMIN: 0, IO: 1}
 CLOSE_TIMEOUT = 10.0        # seconds aclose waits for the media thread to finish its command
 
@@ -102,40 +103,75 @@ class SimController(Controller):
         finally:
             _arrived.reset(token)
 
-    async def _execute(self, req: Request) -> Completion:
-        self._check()
-        wire = req.cmd.with_cid(self._wire_cid(req.queue))
-        fault = self.faults.take(req.queue, wire)
-        takes = self.config.io_latency / 1000 if req.queue == IO else 0.0
+    def _begin(self, req: Request) -> Completion | Awaitable[Completion]:
+        """A command with no latency, no fault and no disk to wait for completes here
+        and now; any other is a coroutine that carries it."""
+        if self.removed or self.fatal or self._closed:
+            self._check()
+        queue = req.queue
+        wire = req.cmd.with_cid(self._wire_cid(queue))
+        fault = self.faults.take(queue, wire) if self.faults.rules else None
+        takes = self.config.io_latency / 1000 if queue == IO else 0.0
         if fault is not None and fault.kind == "delay":
             takes += fault.delay
+        if takes or fault is not None:
+            return self._later(req, wire, fault, takes)
+        device = self.device
+        res = device.submit(queue, wire, req.data_out, req.data_in_len)
+        if res.__class__ is Media:
+            if device.file_backed:
+                return self._on_disk(req, wire, res)
+            res = self._media_now(res)
+        return self._completion(req, device.complete(queue, wire, res, req.data_in_len))
+
+    async def _execute(self, req: Request) -> Completion:
+        started = self._begin(req)
+        return started if isinstance(started, Completion) else await started
+
+    async def _later(self, req: Request, wire: Command, fault: Fault | None,
+                     takes: float) -> Completion:
         if takes:
             await trio.sleep_until(_arrived.get(trio.current_time()) + takes)
             self._check()
         if fault is not None and fault.kind != "delay":
             res = await self._faulted(fault, req, wire)
         else:
-            res = await self._run(req.queue, wire, req.data_out, req.data_in_len)
-        sqhd = self._sqhd[req.queue] = (self._sqhd[req.queue] + 1) % QUEUE_DEPTH
-        return Completion(res.status, res.dw0, 0, sqhd, SQID[req.queue], req.cmd.cid, res.data)
+            res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
+            if isinstance(res, Media):
+                res = await self._media(res)
+            res = self.device.complete(req.queue, wire, res, req.data_in_len)
+        return self._completion(req, res)
 
-    async def _run(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
-        """Execute on the device; media work of a file-backed namespace in the media thread."""
-        res = self.device.submit(queue, cmd, data_out, data_in_len)
-        if isinstance(res, Media):
-            res = await self._media(res)
-        return self.device.complete(queue, cmd, res, data_in_len)
+    async def _on_disk(self, req: Request, wire: Command, work: Media) -> Completion:
+        res = await self._media(work)
+        return self._completion(req, self.device.complete(req.queue, wire, res, req.data_in_len))
+
+    def _completion(self, req: Request, res: Result) -> Completion:
+        queue = req.queue
+        sqhd = self._sqhd[queue] = (self._sqhd[queue] + 1) % QUEUE_DEPTH
+        return _new(Completion, (res.status, res.dw0, 0, sqhd, SQID[queue], req.cmd.cid, res.data))
 
     async def _media(self, work: Media) -> Result:
+        """Media work of a file-backed namespace, in the media thread."""
+        if not self.device.file_backed:
+            return self._media_now(work)
         try:
-            if self.device.file_backed:
-                out = await trio.to_thread.run_sync(work.run, limiter=self._disk)
-            else:
-                out = work.run()
-        except OSError as e:    # the backing file failed: a media error, as a disk reports it
-            log.warning("%s: namespace store failed: %s", self.uri, e)
-            return Result(work.failed)
+            out = await trio.to_thread.run_sync(work.run, limiter=self._disk)
+        except OSError as e:
+            return self._media_failed(work, e)
         return work.done(out)
+
+    def _media_now(self, work: Media) -> Result:
+        try:
+            out = work.run()
+        except OSError as e:
+            return self._media_failed(work, e)
+        return work.done(out)
+
+    def _media_failed(self, work: Media, e: OSError) -> Result:
+        """The backing store failed: a media error, as a disk reports it."""
+        log.warning("%s: namespace store failed: %s", self.uri, e)
+        return Result(work.failed)
 
     async def _faulted(self, fault: Fault, req: Request, wire: Command) -> Result:
         if fault.kind == "fatal":

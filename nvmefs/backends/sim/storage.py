@@ -103,6 +103,13 @@ class MemoryStore:
             offset += n
 
     def read(self, offset: int, length: int) -> bytes:
+        index, start = divmod(offset, CHUNK)
+        if start + length <= CHUNK:         # within one chunk: one copy
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                return bytes(length)
+            with memoryview(chunk) as view:
+                return bytes(view[start:start + length])
         out = bytearray(length)
         pos = 0
         for index, start, n in self._spans(offset, length):
