@@ -11,6 +11,11 @@ The peers serve nvme0/identify (4096 fixed bytes), nvme0/identify.json (fixed
 bytes, as many as nvmefs's) and nvme0/passthru/io (each write of k x 64 bytes
 answered by k x 4112 zero bytes), with nvmefs's modes, timeouts and direct_io.
 
+ROUNDS rounds, each mounting every server in turn; each figure is the median of
+the rounds (this machine's neighbours make single figures wander by 10-20 %).
+With two CPUs or more the client runs on the first and every server on the
+second (taskset), so no server is helped or hurt by where it lands.
+
 Operations (SECONDS each, after a short warm-up):
   open+read+close of identify and of identify.json (ops/s, µs/op);
   the io mailbox, 4 KiB Reads in batches of 32 and 128: one write of the batch,
@@ -32,6 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -54,6 +60,7 @@ PREFIX = "nvmefs-floor-"            # + the run's pid: a killed run's leftovers 
 
 SECONDS = 1.5
 WARMUP = 0.3
+ROUNDS = 3
 BATCHES = (32, 128)
 CPU_BATCH = 128
 ANSWER = 16 + 4096                  # CQE + the 4 KiB of a Read
@@ -61,6 +68,8 @@ MOUNT_TIMEOUT = 60.0
 SERVER_LIMIT = 180.0                # seconds one server may take in all (else killed: reads fail)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
+CLIENT_CPU, SERVER_CPU = 0, 1
+PIN_SERVER = ["taskset", "-c", str(SERVER_CPU)] if NCPU >= 2 and shutil.which("taskset") else []
 
 TARGETS = dict(identify=1.1, json=1.3, null_b128=0.25, sim_b32=60_000)
 
@@ -166,8 +175,21 @@ def clean_leftovers() -> None:
 class Server:
     label: str
     argv: Callable[[str, int], list[str]]       # (mountpoint, identify.json size) -> command
-    results: dict = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)
     error: str = ""
+
+    @property
+    def results(self) -> dict:
+        """Each figure's median over the rounds."""
+        keys = {k for r in self.rounds for k in r}
+        out = {}
+        for k in keys:
+            values = [r[k] for r in self.rounds if k in r]
+            if isinstance(values[0], tuple):
+                out[k] = tuple(statistics.median(v) for v in zip(*values))
+            else:
+                out[k] = statistics.median(values)
+        return out
 
 
 class Mounted:
@@ -181,7 +203,7 @@ class Mounted:
 
     def __enter__(self) -> "Mounted":
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.server.argv(self.mnt, self.json_size),
+            self.proc = subprocess.Popen(PIN_SERVER + self.server.argv(self.mnt, self.json_size),
                                          stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -366,8 +388,8 @@ def report(all_servers: list[Server]) -> None:
             cells.append(fmt(value, spec).rjust(W))
         print(f"{title:<24}{unit:>8}" + "".join(cells))
 
-    print(f"floor: {SECONDS} s per figure, {NCPU} CPUs, one client process (the same code "
-          "for every server)")
+    print(f"floor: {SECONDS} s per figure, median of {ROUNDS} rounds, {NCPU} CPUs, one client "
+          "process (the same code for every server)")
     print(f"{'':<24}{'':>8}" + "".join(label.rjust(W) for label in labels))
     for key, title in (("identify", "identify open+read+close"),
                        ("json", "identify.json o+r+close")):
@@ -427,25 +449,28 @@ def main() -> None:
         if threading.current_thread() is threading.main_thread() else None
     try:
         clean_leftovers()
+        if PIN_SERVER:
+            os.sched_setaffinity(0, {CLIENT_CPU})
         all_servers = servers(build_c_peer())
         json_size = 2735
         tmp = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
         try:
-            for i, server in enumerate(all_servers):
-                if server.error:
-                    continue
-                mnt = os.path.join(tmp, f"mnt{i}")
-                os.mkdir(mnt)
-                try:
-                    with Mounted(server, mnt, os.path.join(tmp, f"server{i}.log"),
-                                 json_size) as m:
-                        if i == 0:      # the peers serve as many bytes as nvmefs does
-                            with open(m.path("identify.json"), "rb") as f:
-                                json_size = len(f.read())
-                        server.results = measure(m)
-                except (OSError, RuntimeError) as e:
-                    server.error = f"failed: {e}"
-                    print(f"note: {server.label} {server.error}", file=sys.stderr)
+            for round_ in range(ROUNDS):
+                for i, server in enumerate(all_servers):
+                    if server.error:
+                        continue
+                    mnt = os.path.join(tmp, f"mnt{round_}-{i}")
+                    os.mkdir(mnt)
+                    try:
+                        with Mounted(server, mnt, os.path.join(tmp, f"server{i}.log"),
+                                     json_size) as m:
+                            if i == 0:      # the peers serve as many bytes as nvmefs does
+                                with open(m.path("identify.json"), "rb") as f:
+                                    json_size = len(f.read())
+                            server.rounds.append(measure(m))
+                    except (OSError, RuntimeError) as e:
+                        server.error = f"failed: {e}"
+                        print(f"note: {server.label} {server.error}", file=sys.stderr)
         finally:
             if any(os.fsencode(tmp) in mp for mp in mountpoints()):
                 print(f"note: {tmp} still has a mount; left in place", file=sys.stderr)

@@ -22,6 +22,7 @@ import os
 import re
 import stat
 from collections import deque
+from itertools import chain
 from dataclasses import dataclass, field
 
 import trio
@@ -246,9 +247,9 @@ class MailboxHandle(Handle):
         reqs = batch.requests               # each has a backend Request's fields
         try:
             try:
-                cpls = await box.ctrl.submit_batch(reqs)
-                batch.answers = [P.response_parts(r, c)
-                                 for r, c in zip(batch.requests, cpls, strict=True)]
+                # no name holds the completions: their data goes as the answers are read
+                batch.answers = [P.response_parts(r, c) for r, c in
+                                 zip(reqs, await box.ctrl.submit_batch(reqs), strict=True)]
             except TransportError as e:
                 log.warning("%s/passthru/%s: %s", box.ctrl.name, box.name, e)
                 batch.error = e.errno
@@ -274,9 +275,10 @@ class MailboxHandle(Handle):
             if first.error or self.closed or self.write_only:
                 self.budget.release(first.reserved)     # nobody reads these answers here
             else:
+                parts = list(chain.from_iterable(first.answers))
+                first.answers = []
                 before = len(self.answers)
-                for answer in first.answers:
-                    self.answers.extend(answer)
+                self.answers.absorb(parts)
                 self.budget.release(first.reserved - (len(self.answers) - before))
             if first.error:
                 self.errors.append(first.error)
@@ -292,7 +294,7 @@ class MailboxHandle(Handle):
     def _readable(self) -> bool:
         return bool(self.answers or self.errors or not self.batches)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         await self.box.tree.waiters.wait_until(self._readable, lambda: self.changed, WAIT_LIMIT)
         if not self.answers and self.errors:
             raise FUSEError(self.errors.popleft())

@@ -10,6 +10,8 @@ ZNS 1.1 (I/O); libnvme's names where the spec has none.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, Callable
 
 from .identify import IDENTIFY_SIZE
 from .queue import Command
@@ -58,16 +60,20 @@ class Bits:
     shift: int
     mask: int
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _words: Callable[[Command], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         count = (self.shift + self.mask.bit_length() + 31) // 32
         object.__setattr__(self, "_names", tuple(f"cdw{self.dword + i}" for i in range(count)))
+        object.__setattr__(self, "_words", attrgetter(*self._names))
 
     def get(self, cmd: Command) -> int:
-        names = self._names
-        wide = getattr(cmd, names[0])
-        for i in range(1, len(names)):
-            wide |= getattr(cmd, names[i]) << 32 * i
+        words = self._words(cmd)
+        if len(self._names) == 1:
+            return words >> self.shift & self.mask
+        wide = 0
+        for i, word in enumerate(words):
+            wide |= word << 32 * i
         return wide >> self.shift & self.mask
 
     def put(self, value: int) -> dict[str, int]:

@@ -122,23 +122,7 @@ class MailboxSession:
                 return NEED_DATA, i
             if not (ambiguous and buf[i + 1] == 0):
                 return self._line(target, i)
-        return self._entry(target, i)
-
-    def _line(self, target: Target, i: int) -> tuple[PassthruRequest | _Event | None, int]:
-        buf = self._buf
-        nl = buf.find(b"\n", self._scan - self._base, i + MAX_LINE)
-        if nl < 0:
-            if len(buf) - i >= MAX_LINE:
-                raise RequestError(errno.E2BIG, f"no newline in {MAX_LINE} bytes of text")
-            self._scan = self.received
-            return NEED_DATA, i
-        req = parse_text_line(buf[i:nl + 1], target.queue)
-        if req is not None:
-            validate(req, target)
-        return req, self._base + nl + 1
-
-    def _entry(self, target: Target, i: int) -> tuple[PassthruRequest | _Event, int]:
-        buf = self._buf
+        # a binary entry: whole once its 64 bytes and its data (if it sends any) are in
         if len(buf) - i < SQE_SIZE:
             return NEED_DATA, i
         req = parse_header(buf, i, target.queue)
@@ -152,3 +136,16 @@ class MailboxSession:
             with memoryview(buf) as view:
                 req = req._replace(data_out=view[i + SQE_SIZE:end].tobytes())
         return req, self._base + end
+
+    def _line(self, target: Target, i: int) -> tuple[PassthruRequest | _Event | None, int]:
+        buf = self._buf
+        nl = buf.find(b"\n", self._scan - self._base, i + MAX_LINE)
+        if nl < 0:
+            if len(buf) - i >= MAX_LINE:
+                raise RequestError(errno.E2BIG, f"no newline in {MAX_LINE} bytes of text")
+            self._scan = self.received
+            return NEED_DATA, i
+        req = parse_text_line(buf[i:nl + 1], target.queue)
+        if req is not None:
+            validate(req, target)
+        return req, self._base + nl + 1

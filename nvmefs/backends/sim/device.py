@@ -161,7 +161,7 @@ class SimDevice:
         # the last commands that reached the controller, for tests (sim:command_log=N)
         self.command_log: deque[tuple[str, Command]] = deque(maxlen=cfg.command_log)
         self._id_ctrl: tuple[tuple[str, int], bytes] = (("", -1), b"")
-        self._zeros = b""                           # data in of sim:null=1 Reads
+        self._null = Result(S.SUCCESS, 0, b"")      # sim:null=1's result, for the last size
 
     @property
     def file_backed(self) -> bool:
@@ -184,7 +184,7 @@ class SimDevice:
         `Media.done`, or `Media.failed`, and `complete` finish it)."""
         self.log_command(queue, cmd)
         if queue == IO and self.cfg.null:
-            return self._null_io(data_in_len)
+            return self.null_io(data_in_len)
         op = (self.ADMIN_OPS if queue == ADMIN else self.IO_OPS).get(cmd.opcode)
         if op is None:
             return fail(S.INVALID_OPCODE)
@@ -193,13 +193,13 @@ class SimDevice:
             return fail(S.INVALID_FIELD)
         return getattr(self, op.handler)(cmd, data_out, data_in_len)
 
-    def _null_io(self, data_in_len: int) -> Result:
+    def null_io(self, data_in_len: int) -> Result:
         """sim:null=1: any I/O command succeeds at once, data in all zeros; no store,
-        counter or check is touched (the zeros of the last size are shared: bytes are
+        counter or check is touched (the result of the last size is shared: it is
         immutable)."""
-        if len(self._zeros) != data_in_len:
-            self._zeros = bytes(data_in_len)
-        return Result(S.SUCCESS, 0, self._zeros)
+        if len(self._null.data) != data_in_len:
+            self._null = Result(S.SUCCESS, 0, bytes(data_in_len))
+        return self._null
 
     def complete(self, queue: str, cmd: Command, res: Result, data_in_len: int) -> Result:
         """The completion of a started command; data in is exactly `data_in_len`
