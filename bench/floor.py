@@ -13,8 +13,6 @@ answered by k x 4112 zero bytes), with nvmefs's modes, timeouts and direct_io.
 
 ROUNDS rounds, each mounting every server in turn; each figure is the median of
 the rounds (this machine's neighbours make single figures wander by 10-20 %).
-With two CPUs or more the client runs on the first and every server on the
-second (taskset), so no server is helped or hurt by where it lands.
 
 Operations (SECONDS each, after a short warm-up):
   open+read+close of identify and of identify.json (ops/s, µs/op);
@@ -68,8 +66,6 @@ MOUNT_TIMEOUT = 60.0
 SERVER_LIMIT = 180.0                # seconds one server may take in all (else killed: reads fail)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
-CLIENT_CPU, SERVER_CPU = 0, 1
-PIN_SERVER = ["taskset", "-c", str(SERVER_CPU)] if NCPU >= 2 and shutil.which("taskset") else []
 
 TARGETS = dict(identify=1.1, json=1.3, null_b128=0.25, sim_b32=60_000)
 
@@ -203,7 +199,7 @@ class Mounted:
 
     def __enter__(self) -> "Mounted":
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(PIN_SERVER + self.server.argv(self.mnt, self.json_size),
+            self.proc = subprocess.Popen(self.server.argv(self.mnt, self.json_size),
                                          stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -449,8 +445,6 @@ def main() -> None:
         if threading.current_thread() is threading.main_thread() else None
     try:
         clean_leftovers()
-        if PIN_SERVER:
-            os.sched_setaffinity(0, {CLIENT_CPU})
         all_servers = servers(build_c_peer())
         json_size = 2735
         tmp = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")

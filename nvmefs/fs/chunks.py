@@ -1,63 +1,60 @@
 """Answers held as the pieces they were made of, so a large answer is never
-copied whole to be read a page at a time."""
+copied whole to be read a page at a time, and a read costs a few steps
+whatever the number of answers it takes (the pieces' ends are kept, so the
+ones a read covers are found by bisection and joined by one call)."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import deque
-from itertools import accumulate
+from bisect import bisect_left
+from itertools import accumulate, islice
 from typing import Iterable
 
-BLOCK = 1 << 20     # bytes: runs of small answers are joined into blocks up to this (a FUSE read's most)
+TRIM = 1024         # consumed pieces let go in one step once there are this many
 
 
 class Pieces:
     def __init__(self, parts: Iterable[bytes] = ()):
-        self._parts: deque[bytes] = deque(p for p in parts if p)
-        self._offset = 0                    # bytes of the first part already taken
-        self.size = sum(map(len, self._parts))
+        self._parts: list[bytes] = []
+        self._ends: list[int] = []          # stream offset where each piece ends
+        self._head = 0                      # the first piece not wholly taken
+        self._pos = 0                       # stream offset of the next byte to take
+        self.size = 0
+        self.absorb(parts)
 
     def __len__(self) -> int:
         return self.size
 
-    def absorb(self, parts: list[bytes]) -> None:
-        """Append the parts of a list this takes over (it is emptied): runs of small
-        ones are joined into blocks of at most BLOCK bytes, so that a read takes one
-        block without a copy (and without a step per answer), and the parts of each
-        block are let go once it is made: the copy costs one block at most."""
-        ends = list(accumulate(map(len, parts)))
-        if not ends:
+    def absorb(self, parts: Iterable[bytes]) -> None:
+        """Append pieces (empty ones are left out)."""
+        parts = [p for p in parts if p]
+        if not parts:
             return
-        self.size += ends[-1]
-        i, n = 0, len(parts)
-        while i < n:
-            j = max(bisect_right(ends, (ends[i - 1] if i else 0) + BLOCK, i), i + 1)
-            self._parts.append(parts[i] if j == i + 1 else b"".join(parts[i:j]))
-            parts[i:j] = [b""] * (j - i)
-            i = j
-        parts.clear()
+        start = self._pos + self.size           # where the stream ends now
+        self._ends.extend(islice(accumulate(map(len, parts), initial=start), 1, None))
+        self._parts.extend(parts)
+        self.size += self._ends[-1] - start
 
     def take(self, n: int) -> bytes | memoryview:
-        """Up to `n` bytes from the front: a view of one part when they lie in it."""
+        """Up to `n` bytes from the front: a view of one piece when they lie in it."""
         want = min(n, self.size)
         if not want:
             return b""
-        self.size -= want
-        part, start = self._parts[0], self._offset
-        if len(part) - start >= want:
-            self._offset += want
-            if self._offset == len(part):
-                self._parts.popleft()
-                self._offset = 0
-            return memoryview(part)[start:start + want]
-        out = []
-        while want:
-            part = self._parts[0]
-            chunk = part[self._offset:self._offset + want]
-            out.append(chunk)
-            want -= len(chunk)
-            self._offset += len(chunk)
-            if self._offset == len(part):
-                self._parts.popleft()
-                self._offset = 0
-        return b"".join(out)
+        parts, ends, h = self._parts, self._ends, self._head
+        pos, stop = self._pos, self._pos + want
+        first_start = ends[h] - len(parts[h])
+        if stop <= ends[h]:                 # within one piece: no copy
+            out = memoryview(parts[h])[pos - first_start:stop - first_start]
+            last = h if stop < ends[h] else h + 1
+        else:
+            last = bisect_left(ends, stop, h)           # the piece holding byte stop - 1
+            tail = len(parts[last]) - (ends[last] - stop)
+            out = b"".join([memoryview(parts[h])[pos - first_start:], *parts[h + 1:last],
+                            memoryview(parts[last])[:tail]])
+            if stop == ends[last]:
+                last += 1
+        self._pos, self.size = stop, self.size - want
+        self._head = last
+        if last >= TRIM and last * 2 >= len(parts):
+            del parts[:last], ends[:last]
+            self._head = 0
+        return out

@@ -76,8 +76,9 @@ class Caller(NamedTuple):
 NOBODY = Caller(-1, -1, 0)
 
 # (name, pyfuse3 _Container) of the request pyfuse3 is about to run: its worker task
-# awaits the coroutine at once, so the handler's Request takes it before anything
-# else can run (and clears it)
+# awaits the coroutine at once, so the handler's Request takes it (and clears it)
+# before anything else runs. Every Request is made by a handler pyfuse3 dispatched,
+# so a value left by one that needed no Request is replaced before it can be taken.
 _dispatched: tuple[str, Any] | None = None
 # the request a handler is answering
 _current: ContextVar["Request | None"] = ContextVar("nvmefs_request", default=None)

@@ -247,7 +247,6 @@ class MailboxHandle(Handle):
         reqs = batch.requests               # each has a backend Request's fields
         try:
             try:
-                # no name holds the completions: their data goes as the answers are read
                 batch.answers = [P.response_parts(r, c) for r, c in
                                  zip(reqs, await box.ctrl.submit_batch(reqs), strict=True)]
             except TransportError as e:
@@ -275,10 +274,8 @@ class MailboxHandle(Handle):
             if first.error or self.closed or self.write_only:
                 self.budget.release(first.reserved)     # nobody reads these answers here
             else:
-                parts = list(chain.from_iterable(first.answers))
-                first.answers = []
                 before = len(self.answers)
-                self.answers.absorb(parts)
+                self.answers.absorb(chain.from_iterable(first.answers))
                 self.budget.release(first.reserved - (len(self.answers) - before))
             if first.error:
                 self.errors.append(first.error)

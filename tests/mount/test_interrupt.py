@@ -332,3 +332,17 @@ def test_blocked_readers_cost_nothing(mnt):
         reader.proc.kill()
         reader.proc.wait(timeout=10)
         assert time.monotonic() - sent < 2 * LATE
+
+
+def test_fuse_interrupt_is_learned_though_snapshots_skip_the_request_context(mnt, tmp_path):
+    """Once the daemon knows where pyfuse3 keeps a request, snapshot files are read
+    without a request context; the startup check (a child reading `info`, itself a
+    snapshot) and the first read still teach it, so FUSE_INTERRUPT stays on."""
+    log = tmp_path / "daemon.log"
+    with foreground(mnt, args=("--log", str(log), "--debug")):
+        for _ in range(3):
+            assert len((mnt / "nvme0/identify").read_bytes()) == 4096
+    text = log.read_text()
+    assert "learned fuse_req_t at offset" in text, text[-2000:]
+    assert "FUSE_INTERRUPT is not handled" not in text and "could not read" not in text, \
+        text[-2000:]
