@@ -9,7 +9,7 @@ from bisect import bisect_left
 from itertools import accumulate, islice
 from typing import Iterable
 
-TRIM = 1024         # consumed pieces let go in one step once there are this many
+TRIM = 1024         # the places of taken pieces are dropped once there are this many
 
 
 class Pieces:
@@ -53,8 +53,10 @@ class Pieces:
             if stop == ends[last]:
                 last += 1
         self._pos, self.size = stop, self.size - want
+        if last > h:                        # let go of the parts taken, at once
+            parts[h:last] = [b""] * (last - h)
         self._head = last
-        if last >= TRIM and last * 2 >= len(parts):
+        if last >= TRIM and last * 2 >= len(parts):     # and of their places, now and then
             del parts[:last], ends[:last]
             self._head = 0
         return out

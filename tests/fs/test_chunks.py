@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,14 @@ def test_a_read_inside_one_part_is_a_view_of_it():
     p = Pieces([answer])
     view = p.take(100)
     assert isinstance(view, memoryview) and view.obj is answer and bytes(view) == answer[:100]
+
+
+def test_a_taken_part_is_let_go_at_once():
+    first, second = b"a" * 4112, b"b" * 4112
+    p = Pieces([first, second])
+    held = sys.getrefcount(first)
+    assert bytes(p.take(4112 + 10)) == b"a" * 4112 + b"b" * 10
+    assert sys.getrefcount(first) == held - 1       # Pieces no longer holds it
 
 
 def test_taken_parts_are_let_go():
