@@ -74,7 +74,8 @@ def main() -> None:
         for i in range(2):
             mnt = os.path.join(tmp, f"two{i}")
             os.mkdir(mnt)
-            server = floor.Server(f"daemon {i}", lambda m, _: [floor.NVMEFS, "mount", "-f", m, NULL])
+            server = floor.Server(f"daemon {i}",
+                                  lambda m, _: [floor.NVMEFS, "mount", "-f", m, NULL])
             mounts.append(floor.Mounted(server, mnt, os.path.join(tmp, f"two{i}.log"), 0))
         with mounts[0] as a, mounts[1] as b:
             results["two daemons, one controller each"] = drive(

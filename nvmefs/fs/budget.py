@@ -51,14 +51,7 @@ class Budget:
         self.memory, self.limit, self.used = memory, limit, 0
 
     def reserve(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        memory = self.memory
-        if memory.used + n <= memory.limit:     # the usual case, without a call
-            memory.used += n
-            if memory.used > memory.peak:
-                memory.peak = memory.used
-        elif not memory.reserve(n):
+        if self.used + n > self.limit or not self.memory.reserve(n):
             return False
         self.used += n
         return True

@@ -39,7 +39,6 @@ from .budget import Budget
 from .chunks import Pieces
 from .errors import check
 from . import interrupt
-from .interrupt import caller
 from .nodes import Dir, File, Handle, Node, wants_write
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ class Mailbox(File):
 
     async def size(self) -> int:
         try:
-            uid = caller().uid
+            uid = interrupt.caller().uid
         except LookupError:
             return 0
         return self.tree.kept.size((self.inode, uid))

@@ -22,7 +22,7 @@ from . import status as S
 from .logs import CCC, CSE_MASK, CSUPP, LBCC, NCC, NIC
 from .opcodes import (ALL, IO, POLICIES, XFER_BIDI, XFER_FROM_CTRL, XFER_NONE, XFER_TO_CTRL, Opcode,
                       direction, lookup, name_of)
-from .queue import CQE_SIZE, FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion
+from .queue import CQE_SIZE, FUSE_MASK, PSDT_MASK, SQE_SIZE, Command, Completion, from_fields
 
 MAX_TIMEOUT_MS = 3_600_000
 MAX_DATA_LEN = 256 << 20    # bytes: the most one request moves, whatever MDTS (65536 blocks of 4 KiB)
@@ -89,13 +89,10 @@ class PassthruRequest(NamedTuple):
         return self.data_len if self.cmd.opcode & 3 == XFER_TO_CTRL else 0
 
 
-_new = tuple.__new__        # NamedTuples from whole tuples: the hot path skips their __new__
-
-
 def _request(cmd: Command, data_len: int, timeout_ms: int, data_out: bytes, text: bool,
              metadata_len: int, queue: str) -> PassthruRequest:
     data_in = data_len if cmd.opcode & 3 == XFER_FROM_CTRL else 0
-    return _new(PassthruRequest, (cmd, data_len, timeout_ms, data_out, text, data_in,
+    return from_fields(PassthruRequest, (cmd, data_len, timeout_ms, data_out, text, data_in,
                                   metadata_len, queue, timeout_ms / 1000 if timeout_ms else None))
 
 
@@ -113,7 +110,7 @@ def parse_header(buf: bytes | bytearray, pos: int, queue: str = "") -> PassthruR
     v = _REQ.unpack_from(buf, pos)
     if v[_RESERVED]:
         raise RequestError(errno.EINVAL, "reserved bytes 36..39 are not zero")
-    return _request(_new(Command, _TO_COMMAND(v) + _NO_PRPS), v[_DATA_LEN], v[_TIMEOUT_MS],
+    return _request(from_fields(Command, _TO_COMMAND(v) + _NO_PRPS), v[_DATA_LEN], v[_TIMEOUT_MS],
                     b"", False, v[_METADATA_LEN], queue)
 
 

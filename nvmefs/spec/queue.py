@@ -53,10 +53,12 @@ class Command(NamedTuple):
                    prp1, prp2)
 
     def with_cid(self, cid: int) -> "Command":
-        return _new(Command, self[:_CID] + (cid,) + self[_CID + 1:])
+        return from_fields(Command, self[:_CID] + (cid,) + self[_CID + 1:])
 
 
-_new = tuple.__new__                # a NamedTuple from a whole tuple, without __new__'s keywords
+# from_fields(Cls, (every field, in order)): a NamedTuple made without the keyword
+# handling of its __new__ (a hot path's Command, Completion, PassthruRequest)
+from_fields = tuple.__new__
 _CID = Command._fields.index("cid")
 
 # Status field parts (Figure 92)

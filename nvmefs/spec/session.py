@@ -25,7 +25,6 @@ import errno
 
 from .passthru import (TEXT_START, PassthruRequest, RequestError, Target, parse_header, parse_text_line,
                        plausible_opcode, validate)
-from .opcodes import XFER_TO_CTRL
 from .queue import SQE_SIZE
 
 MAX_LINE = 64 << 10     # bytes of a text line with its newline; longer is E2BIG
@@ -127,9 +126,7 @@ class MailboxSession:
             return NEED_DATA, i
         req = parse_header(buf, i, target.queue)
         validate(req, target)
-        if req.cmd.opcode & 3 != XFER_TO_CTRL:
-            return req, self._base + i + SQE_SIZE
-        end = i + SQE_SIZE + req.data_len
+        end = i + SQE_SIZE + req.data_out_len
         if len(buf) < end:
             return NEED_DATA, i
         if end > i + SQE_SIZE:

@@ -24,7 +24,7 @@ from typing import Awaitable, Sequence
 import trio
 
 from ...spec.opcodes import ADMIN, IO
-from ...spec.queue import Command, Completion
+from ...spec.queue import Command, Completion, from_fields
 from ..base import Controller, ControllerFatal, ControllerGone, Request
 from .config import parse_uri
 from .device import Media, Result, SimDevice, open_stores
@@ -33,7 +33,6 @@ from .faults import Fault, Faults, parse_fault
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 1024
-_new = tuple.__new__        # a Completion from a whole tuple (the hot path skips __new__)
 SQID = {ADMIN: 0, IO: 1}
 CLOSE_TIMEOUT = 10.0        # seconds aclose waits for the media thread to finish its command
 
@@ -128,7 +127,7 @@ class SimController(Controller):
             if device.file_backed:
                 return self._on_disk(req, wire, res)
             res = self._media_now(res)
-        return self._completion(req, device.complete(queue, wire, res, req.data_in_len))
+        return self._completed(req, wire, res)
 
     async def _execute(self, req: Request) -> Completion:
         started = self._begin(req)
@@ -140,22 +139,24 @@ class SimController(Controller):
             await trio.sleep_until(_arrived.get(trio.current_time()) + takes)
             self._check()
         if fault is not None and fault.kind != "delay":
-            res = await self._faulted(fault, req, wire)
-        else:
-            res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
-            if isinstance(res, Media):
-                res = await self._media(res)
-            res = self.device.complete(req.queue, wire, res, req.data_in_len)
-        return self._completion(req, res)
+            return self._completion(req, await self._faulted(fault, req, wire))
+        res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
+        if isinstance(res, Media):
+            res = await self._media(res)
+        return self._completed(req, wire, res)
 
     async def _on_disk(self, req: Request, wire: Command, work: Media) -> Completion:
-        res = await self._media(work)
+        return self._completed(req, wire, await self._media(work))
+
+    def _completed(self, req: Request, wire: Command, res: Result) -> Completion:
+        """The completion of a command the device carried (device.complete first)."""
         return self._completion(req, self.device.complete(req.queue, wire, res, req.data_in_len))
 
     def _completion(self, req: Request, res: Result) -> Completion:
         queue = req.queue
         sqhd = self._sqhd[queue] = (self._sqhd[queue] + 1) % QUEUE_DEPTH
-        return _new(Completion, (res.status, res.dw0, 0, sqhd, SQID[queue], req.cmd.cid, res.data))
+        return from_fields(Completion, (res.status, res.dw0, 0, sqhd, SQID[queue], req.cmd.cid,
+                                        res.data))
 
     async def _media(self, work: Media) -> Result:
         """Media work of a file-backed namespace, in the media thread."""
