@@ -64,16 +64,14 @@ class Bits:
 
     def __post_init__(self) -> None:
         count = (self.shift + self.mask.bit_length() + 31) // 32
+        if count > 2:
+            raise ValueError("a command field spans at most two dwords")
         object.__setattr__(self, "_names", tuple(f"cdw{self.dword + i}" for i in range(count)))
         object.__setattr__(self, "_words", attrgetter(*self._names))
 
     def get(self, cmd: Command) -> int:
-        words = self._words(cmd)
-        if len(self._names) == 1:
-            return words >> self.shift & self.mask
-        wide = 0
-        for i, word in enumerate(words):
-            wide |= word << 32 * i
+        words = self._words(cmd)        # one dword, or two (low, high)
+        wide = words if len(self._names) == 1 else words[0] | words[1] << 32
         return wide >> self.shift & self.mask
 
     def put(self, value: int) -> dict[str, int]:

@@ -99,3 +99,10 @@ def test_commands_that_change_namespaces():
     for op in (C.OP_SANITIZE, C.OP_SET_FEATURES, C.OP_IDENTIFY, 0xC0):
         assert not changes_namespaces(op, ADMIN), name_of(ADMIN, op)
     assert not changes_namespaces(C.OP_WRITE, IO)
+
+
+def test_a_field_is_read_from_one_or_two_dwords_and_never_three():
+    cmd = Command(0x02, cdw10=0x89ABCDEF, cdw11=0x01234567, cdw12=0x0007_0003)
+    assert C.SLBA.get(cmd) == 0x0123456789ABCDEF and C.NLB.get(cmd) == 3
+    with pytest.raises(ValueError):
+        C.Bits(10, 4, (1 << 64) - 1)
