@@ -1,5 +1,6 @@
 """Boot the QEMU guest of tests/vm and run bench/guest.py in it (real NVMe driver,
-QEMU's controller, fio and nvme-cli as peers)."""
+QEMU's controller, fio and nvme-cli as peers; an IOMMU for the vfio driver).
+`python bench/vm.py vfio` runs only the vfio part."""
 
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ from tests.vm.guest import Guest, NvmeDevice  # noqa: E402
 
 def main() -> None:
     assets.prepare()
-    with Guest(nvme=[NvmeDevice(serial="nvmefs0001", size="1G", lba=512)]) as g:
-        r = g.run("python bench/guest.py", timeout=1800)
+    with Guest(nvme=[NvmeDevice(serial="nvmefs0001", size="1G", lba=512)], iommu=True) as g:
+        r = g.run("python bench/guest.py " + " ".join(sys.argv[1:]), timeout=1800)
     print(r.stdout, end="")
     if r.returncode:
         print(r.stderr[-3000:], file=sys.stderr)

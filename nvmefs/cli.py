@@ -1,4 +1,4 @@
-"""The `nvmefs` command: mount, umount, decode (nvmefs(1))."""
+"""The `nvmefs` command: mount, umount, list, vfio, decode (nvmefs(1))."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list this machine's NVMe controllers and namespaces")
 
+    v = sub.add_parser("vfio", help="hand a PCI NVMe function to vfio-pci or back to nvme")
+    vsub = v.add_subparsers(dest="action", required=True)
+    for action, text in (("bind", "unbind from nvme and bind to vfio-pci (driver_override)"),
+                         ("unbind", "give back to the kernel's nvme driver")):
+        a = vsub.add_parser(action, help=text)
+        a.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:00:03.0")
+
     d = sub.add_parser("decode", help="decode a saved raw structure")
     d.add_argument("--as", dest="kind", required=True, choices=sorted(render.RENDERERS),
                    help="what the bytes are")
@@ -113,16 +120,42 @@ def cmd_list(args) -> int:
 
     from .backends import Unsupported, sysfs
     try:
-        importlib.import_module("nvmefs.backends.linux.ffi")     # the compiled extension
+        importlib.import_module("nvmefs.backends.ffi")     # the compiled extension
     except Unsupported as e:
         print(f"nvmefs list: these controllers cannot be mounted: {e}", file=sys.stderr)
+    from .backends.vfio import bind
     ctrls = sysfs.controllers()
-    if not ctrls:
+    vfio = [f for f in bind.pci_nvme_functions() if f.driver == bind.VFIO_DRIVER]
+    if not ctrls and not vfio:
         print("no NVMe controllers (the kernel shows none under /sys/class/nvme)", file=sys.stderr)
         return 1
     for c in ctrls:
         print(f"{c.dev}  {c.model}  sn {c.serial}  fw {c.firmware}  {c.transport} {c.address}  "
               f"{c.state}  namespaces: {' '.join('/dev/' + ng for ng in c.generic) or '-'}")
+    for f in vfio:
+        print(f"{f.uri}  pci {f.vendor:04x}:{f.device:04x}  {f.driver}  "
+              f"/dev/vfio/{f.iommu_group or '-'}")
+    return 0
+
+
+def cmd_vfio(args) -> int:
+    from .backends.vfio import bind
+    try:
+        if args.action == "bind":
+            changed = bind.bind(args.bdf)
+            bdf = bind.normalize(args.bdf)
+            group = bind.iommu_group_of(bdf)
+            print(f"{bdf}: {'bound to' if changed else 'already bound to'} vfio-pci "
+                  f"(/dev/vfio/{group}); mount it as vfio:{bdf}")
+        else:
+            changed = bind.unbind(args.bdf)
+            bdf = bind.normalize(args.bdf)
+            owner = (" ".join(f"/dev/{c}" for c in bind.kernel_controllers(bdf))
+                     or bind.driver_of(bdf) or "no driver")
+            print(f"{bdf}: {'given back' if changed else 'not bound to vfio-pci'} ({owner})")
+    except (bind.BindError, OSError) as e:
+        print(f"nvmefs vfio {args.action}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -231,7 +264,8 @@ def _wait_for_child(rfd: int, pid: int, mountpoint: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode, "list": cmd_list}
+    commands = {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode, "list": cmd_list,
+                "vfio": cmd_vfio}
     return commands[args.command](args)
 
 

@@ -3,6 +3,8 @@
   sim[:options]                    the simulated controller (sim.config documents options)
   /dev/nvmeX, linux:/dev/nvmeX     the Linux kernel's passthrough interfaces (backends.linux,
                                    imported only when used: it needs the compiled extension)
+  vfio:BDF, vfio:sim[:options]     nvmefs's own PCIe driver on a device bound to vfio-pci, or
+                                   on the register-level model of the sim (backends.vfio)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ OPEN_TIMEOUT = 120.0       # seconds to open and identify a controller
 REGISTRY = {
     "sim": "nvmefs.backends.sim:SimController",
     "linux": "nvmefs.backends.linux:LinuxController",
+    "vfio": "nvmefs.backends.vfio.backend:VfioBackend",
 }
 
 
@@ -33,7 +36,8 @@ def scheme_of(uri: str) -> str:
 def controller_class(uri: str) -> type[Controller]:
     scheme = scheme_of(uri)
     if scheme not in REGISTRY:
-        raise ValueError(f"unknown device {uri!r}: expected sim[:key=value,...] or /dev/nvmeN")
+        raise ValueError(f"unknown device {uri!r}: expected sim[:key=value,...], /dev/nvmeN "
+                         "or vfio:BDF")
     module, _, name = REGISTRY[scheme].partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -54,9 +58,12 @@ async def opened(uri: str, index: int = 0) -> AsyncIterator[Controller]:
 
 
 def local_devices() -> list[str]:
-    """Controllers of this machine's kernel (empty where there are none)."""
+    """This machine's controllers, as `nvmefs list` shows them: the kernel's, then PCI
+    functions bound to vfio-pci (empty where there are none)."""
     from . import sysfs
-    return [c.dev for c in sysfs.controllers()]
+    from .vfio import bind
+    return [c.dev for c in sysfs.controllers()] + [
+        f.uri for f in bind.pci_nvme_functions() if f.driver == bind.VFIO_DRIVER]
 
 
 __all__ = ["Controller", "ControllerFatal", "ControllerGone", "Request", "TransportError",

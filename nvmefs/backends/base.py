@@ -161,6 +161,10 @@ class Controller(ABC):
         """When `req` times out if sent now."""
         return trio.current_time() + self.timeout_of(req)
 
+    def batch_deadline(self, reqs: Sequence[Request]) -> float:
+        """When the last of `reqs` times out if they are sent now together."""
+        return trio.current_time() + max(map(self.timeout_of, reqs))
+
     async def submit(self, req: Request) -> Completion:
         """Carry one command, bounded by its timeout."""
         return (await self.submit_batch([req]))[0]

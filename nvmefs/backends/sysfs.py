@@ -12,7 +12,8 @@ NAME = re.compile(r"nvme(\d+)")
 GENERIC = re.compile(r"ng(\d+)n(\d+)")
 
 
-def _read(path: str) -> str:
+def read_attr(path: str) -> str:
+    """A sysfs attribute, stripped; "" if it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -38,7 +39,7 @@ class SysController:
     def max_transfer_kernel(self) -> int:
         """The block layer's limit for one command, in bytes (0 if unknown)."""
         for ng in self.generic:
-            kb = _read(f"/sys/block/{ng.replace('ng', 'nvme', 1)}/queue/max_hw_sectors_kb")
+            kb = read_attr(f"/sys/block/{ng.replace('ng', 'nvme', 1)}/queue/max_hw_sectors_kb")
             if kb.isdigit():
                 return int(kb) * 1024
         return 0
@@ -48,7 +49,7 @@ def controller(name: str) -> SysController:
     base = os.path.join(SYS_NVME, name)
     if not os.path.isdir(base):
         raise FileNotFoundError(f"no NVMe controller {name} (nothing at {base})")
-    c = SysController(name, *(_read(os.path.join(base, f)) for f in
+    c = SysController(name, *(read_attr(os.path.join(base, f)) for f in
                               ("model", "serial", "firmware_rev", "transport", "address", "state")))
     try:
         entries = os.listdir(SYS_GENERIC)

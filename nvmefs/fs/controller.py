@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..backends.base import Controller
 from ..spec import identify as ID
+from ..spec import registers as R
 from .errors import check
 from .features import feature_dir
 from .logs import log_dir
@@ -47,6 +48,19 @@ class NamespacesDir(Dir):
         return [self.child(str(n), lambda n=n: namespace_dir(self.ctrl, n)) for n in self.ctrl.nsids]
 
 
+def register_files(ctrl: Controller) -> list[Node]:
+    """`regs`, `regs.json`, `regs.txt`: BAR0's registers, where the backend reads them
+    itself (vfio); read at open, as everything else."""
+    registers = getattr(ctrl, "registers", None)
+    if registers is None:
+        return []
+
+    async def fetch() -> bytes:
+        return registers()
+
+    return views("regs", "regs", fetch, raw_size=R.REGISTERS_SIZE, waits=False)
+
+
 def controller_dir(ctrl: Controller) -> Dir:
     async def identify() -> bytes:
         return ctrl.id_ctrl_raw
@@ -58,5 +72,5 @@ def controller_dir(ctrl: Controller) -> Dir:
         SnapshotFile("info", info, waits=False),
         *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE, waits=False),
         log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
-        PassthruDir(ctrl), ResetFile(ctrl), *sim_files(ctrl),
+        PassthruDir(ctrl), ResetFile(ctrl), *sim_files(ctrl), *register_files(ctrl),
     ])

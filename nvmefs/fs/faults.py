@@ -1,4 +1,5 @@
-"""`<ctrl>/faults`: the simulator's fault injection, from a shell (sim controllers only).
+"""`<ctrl>/faults`: the simulator's fault injection, from a shell (sim controllers and the
+vfio:sim model).
 
 Reading lists the armed faults, one per line, in the syntax that arms them
 (COUNT is what is left):

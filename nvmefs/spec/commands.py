@@ -93,6 +93,15 @@ FID, SEL, SV, EXHID = Bits(10, 0, 0xFF), Bits(10, 8, 0x7), Bits(10, 31, 1), Bits
 SLBA, NLB = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFFFF)
 # Format NVM (§5.14): LBA format (LBAFU:LBAFL), Secure Erase Settings
 LBAFL, SES, LBAFU = Bits(10, 0, 0xF), Bits(10, 9, 0x7), Bits(10, 12, 0x3)
+# Create I/O CQ/SQ (§5.4, §5.5): QID, QSIZE (0's based); CQ: PC, IEN, IV; SQ: PC, QPRIO, CQID
+QID, QSIZE = Bits(10, 0, 0xFFFF), Bits(10, 16, 0xFFFF)
+Q_PC, CQ_IEN, CQ_IV, SQ_CQID = Bits(11, 0, 1), Bits(11, 1, 1), Bits(11, 16, 0xFFFF), Bits(11, 16, 0xFFFF)
+# Abort (§5.1): SQID, CID; Number of Queues (§5.27.1.5): NSQR, NCQR (0's based), same in DW0
+ABORT_SQID, ABORT_CID = Bits(10, 0, 0xFFFF), Bits(10, 16, 0xFFFF)
+NSQR, NCQR = Bits(11, 0, 0xFFFF), Bits(11, 16, 0xFFFF)
+# Firmware Image Download (§5.13): NUMD (0's based); Dataset Management (NVM §3.2.3): NR (0's based)
+FW_NUMD, DSM_NR = Bits(10, 0, 0xFFFFFFFF), Bits(10, 0, 0xFF)
+DSM_RANGE_SIZE = 16
 
 
 def command(opcode: int, nsid: int = 0, *fields: tuple[Bits, int], **dwords: int) -> Command:
@@ -129,6 +138,27 @@ def get_features(fid: int, sel: int = 0, nsid: int = 0, cdw11: int = 0) -> Comma
 def set_features(fid: int, cdw11: int, save: bool = False, nsid: int = 0,
                  cdw12: int = 0) -> Command:
     return command(OP_SET_FEATURES, nsid, (FID, fid), (SV, int(save)), cdw11=cdw11, cdw12=cdw12)
+
+
+def create_io_cq(qid: int, entries: int, iova: int, vector: int | None) -> Command:
+    """A physically contiguous I/O CQ at `iova`; interrupts on `vector` (None: polled)."""
+    return command(OP_CREATE_IO_CQ, 0, (QID, qid), (QSIZE, entries - 1), (Q_PC, 1),
+                   (CQ_IEN, vector is not None), (CQ_IV, vector or 0))._replace(prp1=iova)
+
+
+def create_io_sq(qid: int, entries: int, iova: int, cqid: int) -> Command:
+    return command(OP_CREATE_IO_SQ, 0, (QID, qid), (QSIZE, entries - 1), (Q_PC, 1),
+                   (SQ_CQID, cqid))._replace(prp1=iova)
+
+
+def abort(sqid: int, cid: int) -> Command:
+    return command(OP_ABORT, 0, (ABORT_SQID, sqid), (ABORT_CID, cid))
+
+
+def number_of_queues(count: int) -> Command:
+    """Set Features Number of Queues: `count` submission and completion queues."""
+    return command(OP_SET_FEATURES, 0, (FID, FID_NUM_QUEUES), (NSQR, count - 1),
+                   (NCQR, count - 1))
 
 
 def rw(opcode: int, nsid: int, slba: int, nlb: int) -> Command:
@@ -174,6 +204,14 @@ def log_page_len(cmd: Command, block: int = 0) -> int:
 
 def lba_len(cmd: Command, block: int = 0) -> int | None:
     return (NLB.get(cmd) + 1) * block if block else None
+
+
+def fw_download_len(cmd: Command, block: int = 0) -> int:
+    return (FW_NUMD.get(cmd) + 1) * 4
+
+
+def dsm_len(cmd: Command, block: int = 0) -> int:
+    return (DSM_NR.get(cmd) + 1) * DSM_RANGE_SIZE
 
 
 def feature_len(cmd: Command, block: int = 0) -> int | None:

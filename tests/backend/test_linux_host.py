@@ -9,7 +9,7 @@ import trio
 
 from nvmefs.backends import TransportError, controller_class
 from nvmefs.backends.linux import LinuxController, completion, parse_uri
-from nvmefs.backends.linux.ffi import ffi, lib
+from nvmefs.backends.ffi import ffi, lib
 from nvmefs.backends.linux.ring import Ring
 
 

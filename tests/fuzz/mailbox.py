@@ -206,6 +206,10 @@ def field_verdict(queue: str, policy: str, ctl: Ctl, op: int, flags: int, nsid: 
     if queue == IO and op in LBA_SIZED and nsid in ctl.namespaces:
         if dlen != ((cdw12 & 0xFFFF) + 1) * ctl.namespaces[nsid][0]:
             must.add(errno.EINVAL)
+    if queue == ADMIN and op == 0x11 and dlen != (cdw10 + 1) * 4:      # Firmware Image Download
+        must.add(errno.EINVAL)
+    if queue == IO and op == 0x09 and dlen != ((cdw10 & 0xFF) + 1) * 16:   # Dataset Management
+        must.add(errno.EINVAL)
     if (queue == ADMIN and op in (0x09, 0x0A)) or (queue == IO and op == 0x7D):
         may.add(errno.EINVAL)              # "data_len not the size the command moves"
     return must, may

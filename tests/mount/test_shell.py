@@ -188,3 +188,25 @@ def test_allow_other_lets_the_file_modes_decide():
             assert r.returncode and "Permission denied" in r.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_vfio_driver_on_the_model_serves_the_same_tree(mnt):
+    """One tree over every backend: the sim and the vfio driver on the sim's register
+    model give the same identify data and log pages; only vfio has `regs`."""
+    with foreground(mnt, "sim:serial=SAME", "vfio:sim:serial=SAME?queues=2",
+                    args=("--passthru", "all")):
+        for path in ("ns/1/identify", "log/fw-slot", "log/effects", "log/error"):
+            assert sh(f"cmp nvme0/{path} nvme1/{path}", mnt).returncode == 0, path
+        same = "diff <(jq 'del(.cntlid)' nvme0/identify.json) <(jq 'del(.cntlid)' nvme1/identify.json)"
+        assert sh(f"bash -c \"{same}\"", mnt).returncode == 0     # CNTLID follows the position
+        assert not (mnt / "nvme0/regs").exists()
+        regs = json.loads(sh("cat nvme1/regs.json", mnt).stdout)
+        assert regs["cc"]["en"] == 1 and regs["csts"]["rdy"] == 1 and regs["vs"]["mnr"] == 4
+        assert "mqes" in sh("cat nvme1/regs.txt", mnt).stdout.decode()
+        assert os.stat(mnt / "nvme1/regs").st_size == 4096
+        assert "driver: model" in (mnt / "nvme1/info").read_text()
+        d = mnt / "nvme1"           # a write and a read back through the driver's queues
+        sh(f"echo 'opcode=0x01 nsid=1 cdw10=64 data_len=512 data={'cd' * 512}' > passthru/io.w", d)
+        assert "name=SUCCESS" in sh("cat passthru/io.w", d).stdout.decode()
+        sh("echo 'opcode=0x02 nsid=1 cdw10=64 data_len=512' > passthru/io.r", d)
+        assert sh("tail -n +2 passthru/io.r | xxd -r", d).stdout == b"\xcd" * 512

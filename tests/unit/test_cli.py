@@ -17,6 +17,6 @@ def test_max_buffer_sizes_and_others_policies():
 
 def test_list_says_why_the_linux_backend_is_unavailable(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "nvmefs._nvme", None)     # as if it was never built
-    monkeypatch.delitem(sys.modules, "nvmefs.backends.linux.ffi", raising=False)
+    monkeypatch.delitem(sys.modules, "nvmefs.backends.ffi", raising=False)
     cli.main(["list"])
-    assert "needs the compiled extension nvmefs._nvme" in capsys.readouterr().err
+    assert "need the compiled extension nvmefs._nvme" in capsys.readouterr().err

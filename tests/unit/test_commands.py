@@ -106,3 +106,22 @@ def test_a_field_is_read_from_one_or_two_dwords_and_never_three():
     assert C.SLBA.get(cmd) == 0x0123456789ABCDEF and C.NLB.get(cmd) == 3
     with pytest.raises(ValueError):
         C.Bits(10, 4, (1 << 64) - 1)
+
+
+def test_queue_management_builders_the_driver_sends():
+    """Create I/O CQ/SQ (§5.4, §5.5), Abort (§5.1), Number of Queues (§5.27.1.5)."""
+    cq = C.create_io_cq(3, 1024, 0x12000, vector=2)
+    assert (cq.opcode, cq.cdw10, cq.cdw11, cq.prp1) == (0x05, 1023 << 16 | 3, 2 << 16 | 0b11,
+                                                          0x12000)
+    assert C.create_io_cq(1, 2, 0x1000, vector=None).cdw11 == 0b01      # polled: IEN clear
+    sq = C.create_io_sq(3, 64, 0x40000, cqid=3)
+    assert (sq.opcode, sq.cdw10, sq.cdw11, sq.prp1) == (0x01, 63 << 16 | 3, 3 << 16 | 1, 0x40000)
+    assert (C.abort(1, 0x1234).opcode, C.abort(1, 0x1234).cdw10) == (0x08, 0x1234 << 16 | 1)
+    nq = C.number_of_queues(4)
+    assert (nq.opcode, nq.cdw10, nq.cdw11) == (0x09, 0x07, 3 << 16 | 3)
+
+
+def test_firmware_download_and_dataset_management_lengths():
+    assert lookup(ADMIN, C.OP_FW_DOWNLOAD).data_len(Command(0x11, cdw10=1023), 0) == 4096
+    assert lookup(IO, C.OP_DSM).data_len(Command(0x09, cdw10=0), 512) == 16
+    assert lookup(IO, C.OP_DSM).data_len(Command(0x09, cdw10=0xFFFFFF05), 512) == 6 * 16

@@ -1,5 +1,6 @@
-"""Boot a QEMU guest with QEMU's NVMe controller and the real Linux driver, run the
-device tests in it (tests/linux and the backend contract suite on /dev/nvme0),
+"""Boot a QEMU guest with QEMU's NVMe controller, the real Linux driver and an IOMMU,
+run the device tests in it (tests/linux and the backend contract suite on
+/dev/nvme0, then tests/vfio, which hands the controller to vfio-pci and back),
 and report their results here. One boot for all of them."""
 
 import os
@@ -12,7 +13,7 @@ from .guest import Guest, NvmeDevice
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]   # one boot runs the whole device suite
 
-SUITE = "tests/linux tests/backend/test_contract.py"
+SUITE = "tests/linux tests/backend/test_contract.py tests/vfio"
 
 
 def missing() -> str | None:
@@ -32,7 +33,7 @@ def guest_results(tmp_path_factory):
         pytest.skip(reason)
     script = (f"NVMEFS_TEST_DEVICES=/dev/nvme0 python -m pytest -p no:cacheprovider -q "
               f"-o addopts='' --junitxml=$VM_RESULTS/junit.xml {SUITE}")
-    with Guest(nvme=[NvmeDevice(serial="nvmefs0001", size="1G", lba=512)],
+    with Guest(nvme=[NvmeDevice(serial="nvmefs0001", size="1G", lba=512)], iommu=True,
                workdir=tmp_path_factory.mktemp("vm")) as g:
         result = g.run(script, timeout=1800)
         junit = result.dir / "junit.xml"

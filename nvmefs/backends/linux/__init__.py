@@ -31,7 +31,7 @@ from ..base import (
     TransportError,
 )
 from .. import sysfs
-from .ffi import ffi, lib
+from ..ffi import ffi, lib
 from .ring import Ring
 
 ADMIN_THREADS = 4           # ioctl mode: admin commands in flight at once
@@ -193,7 +193,7 @@ class LinuxController(Controller):
             c.sqe, c.timeout_ms = sqe + 64 * i, _timeout_ms(req)
             if len(req.data_out) or req.data_in_len:
                 c.data, c.data_len = buf + off, len(req.data_out) or req.data_in_len
-        deadline = max(self.deadline(r) for r in reqs)
+        deadline = self.batch_deadline(reqs)
         stats = self._stats
         stats.submitted += n
         stats.in_flight += n

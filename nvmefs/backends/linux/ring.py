@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .ffi import ffi, lib
+from ..ffi import ffi, lib
 
 RING_ENTRIES = 256
 DONE_PER_REAP = 64

@@ -187,6 +187,10 @@ class SimController(Controller):
         if fault.kind == "remove":
             self.removed = True
             self._check()
+        if fault.kind == "drop":            # carried, and its completion lost: no abort finds it
+            res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
+            self._completed(req, wire, await self._media(res) if isinstance(res, Media) else res)
+            await trio.sleep_forever()
         self.device.log_command(req.queue, wire)
         if fault.kind == "status":
             self.device.record_error(req.queue, wire, fault.status)
@@ -199,6 +203,10 @@ class SimController(Controller):
         """Abort (opcode 08h): confirmed if the command is still outstanding."""
         await trio.lowlevel.checkpoint()
         self._check()
+        return self.release(req)
+
+    def release(self, req: Request) -> bool:
+        """Let go of a command a timeout fault holds (it was aborted): True if one was."""
         if id(req) in self._hung:
             self._hung.discard(id(req))
             return True

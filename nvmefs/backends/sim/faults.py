@@ -6,6 +6,8 @@ until cleared). Kinds:
   delay    complete normally `delay` seconds after the command arrived (at most
            MAX_DELAY, so nothing waits without a bound)
   timeout  never complete; the host's timeout aborts it
+  drop     carried (its effects happen), its completion lost: an abort finds
+           nothing, so the host's timeout resets the controller
   status   complete with `status` (a 15-bit status) without executing
   fatal    set Controller Fatal Status: every command fails until a reset
   remove   surprise removal: every command and reset fails from now on
@@ -32,7 +34,7 @@ from ...spec import status as S
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Command
 
-KINDS = ("delay", "timeout", "status", "fatal", "remove")
+KINDS = ("delay", "timeout", "drop", "status", "fatal", "remove")
 QUEUES = (ADMIN, IO)
 MAX_DELAY = 600.0            # seconds: a delay fault never holds a command longer
 MAX_COUNT = 0xFFFFFFFF
