@@ -4,8 +4,8 @@ lists at unaligned offsets up to MDTS, a clean hand-back after unmount and a
 remount after `kill -9`."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
