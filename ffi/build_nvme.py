@@ -32,6 +32,7 @@ ffibuilder.cdef("""
     struct nvmefs_batch {
         uint64_t id;                /* the submitter's handle, reported when all are done */
         uint32_t remaining;         /* commands not yet completed */
+        uint32_t failed;            /* vfio: completions with a non-zero status or -errno */
     };
 
     struct nvmefs_slot {            /* where one command's completion lands */
@@ -121,6 +122,7 @@ ffibuilder.set_source("nvmefs._nvme", r"""
     struct nvmefs_batch {
         uint64_t id;
         uint32_t remaining;
+        uint32_t failed;
     };
 
     struct nvmefs_slot {
@@ -388,6 +390,7 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         q->free_cids[q->free_top++] = cid;
         slot->res = res;
         slot->result = result;
+        slot->batch->failed += res != 0;
         if (--slot->batch->remaining == 0)
             done[k++] = slot->batch->id;
         return k;

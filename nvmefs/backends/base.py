@@ -163,7 +163,8 @@ class Controller(ABC):
 
     def batch_deadline(self, reqs: Sequence[Request]) -> float:
         """When the last of `reqs` times out if they are sent now together."""
-        return trio.current_time() + max(map(self.timeout_of, reqs))
+        kinds = {(r.queue, r.timeout) for r in reqs}      # one, in a batch of one kind
+        return trio.current_time() + max(DEFAULT_TIMEOUT[q] if t is None else t for q, t in kinds)
 
     async def submit(self, req: Request) -> Completion:
         """Carry one command, bounded by its timeout."""

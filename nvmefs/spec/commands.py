@@ -93,13 +93,14 @@ FID, SEL, SV, EXHID = Bits(10, 0, 0xFF), Bits(10, 8, 0x7), Bits(10, 31, 1), Bits
 SLBA, NLB = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFFFF)
 # Format NVM (§5.14): LBA format (LBAFU:LBAFL), Secure Erase Settings
 LBAFL, SES, LBAFU = Bits(10, 0, 0xF), Bits(10, 9, 0x7), Bits(10, 12, 0x3)
-# Create I/O CQ/SQ (§5.4, §5.5): QID, QSIZE (0's based); CQ: PC, IEN, IV; SQ: PC, QPRIO, CQID
+# Create I/O CQ/SQ (§5.4, §5.5): QID, QSIZE (0's based); CQ: PC, IEN, IV; SQ: PC, CQID
 QID, QSIZE = Bits(10, 0, 0xFFFF), Bits(10, 16, 0xFFFF)
-Q_PC, CQ_IEN, CQ_IV, SQ_CQID = Bits(11, 0, 1), Bits(11, 1, 1), Bits(11, 16, 0xFFFF), Bits(11, 16, 0xFFFF)
+Q_PC, CQ_IEN = Bits(11, 0, 1), Bits(11, 1, 1)
+CQ_IV, SQ_CQID = Bits(11, 16, 0xFFFF), Bits(11, 16, 0xFFFF)
 # Abort (§5.1): SQID, CID; Number of Queues (§5.27.1.5): NSQR, NCQR (0's based), same in DW0
 ABORT_SQID, ABORT_CID = Bits(10, 0, 0xFFFF), Bits(10, 16, 0xFFFF)
 NSQR, NCQR = Bits(11, 0, 0xFFFF), Bits(11, 16, 0xFFFF)
-# Firmware Image Download (§5.13): NUMD (0's based); Dataset Management (NVM §3.2.3): NR (0's based)
+# Firmware Image Download (§5.13): NUMD; Dataset Management (NVM §3.2.3): NR (both 0's based)
 FW_NUMD, DSM_NR = Bits(10, 0, 0xFFFFFFFF), Bits(10, 0, 0xFF)
 DSM_RANGE_SIZE = 16
 

@@ -26,7 +26,7 @@ import logging
 import math
 import struct
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import trio
 
@@ -58,6 +58,7 @@ SHUTDOWN_TIMEOUT = 10.0             # seconds for SHST, unless RTD3E says longer
 REGISTER_POLL = 0.001               # seconds between reads of CSTS while waiting on it
 POLL_INTERVAL = 0.001               # seconds between reaps without interrupts
 DONE_PER_REAP = 64
+SPREAD = 32                         # fewest commands of a batch worth a queue of their own
 ALL_ONES = 0xFFFFFFFF               # what a removed PCIe function reads
 
 
@@ -105,21 +106,27 @@ class Pending:
         self.answered = False
         self.generation = 0                 # the controller's reset count when it went out
         self.expired: list[int] = []        # commands still out at the deadline
+        self.errors = 0                     # answers with a non-zero status
 
 
-def _layout(reqs: Sequence[Request]) -> tuple[list[int], list[int], int, int]:
-    """Each command's data piece (offset, length) in one allocation, dword aligned
-    one after another, and the bytes of data and of PRP list pages it needs."""
-    offsets, lens, end, lists = [], [], 0, 0
-    for r in reqs:
-        n = len(r.data_out) or r.data_in_len
-        offsets.append(end)
-        lens.append(n)
-        if n:
-            if n > PAGE:                # one page spans at most two: no list
-                lists += lib.nvmefs_prp_list_pages(end, n, PAGE)
-            end = (end + n + 3) & ~3
-    return offsets, lens, -(-end // PAGE) * PAGE, lists * PAGE
+class Layout(NamedTuple):
+    """Where a batch's data goes in its one allocation: each command's piece dword
+    aligned after the one before, then the PRP list pages."""
+    offsets: list[int]
+    lens: list[int]
+    data_bytes: int                 # whole pages
+    list_bytes: int
+    writes: bool                    # some command has data out
+
+
+def _layout(reqs: Sequence[Request]) -> Layout:
+    lens = [len(r.data_out) or r.data_in_len for r in reqs]
+    offsets = [0, *itertools.accumulate((n + 3) & ~3 for n in lens)]
+    end = offsets.pop()
+    lists = sum(lib.nvmefs_prp_list_pages(off, n, PAGE)     # one page spans at most two:
+                for off, n in zip(offsets, lens) if n > PAGE)   # no list below that
+    return Layout(offsets, lens, -(-end // PAGE) * PAGE, lists * PAGE,
+                  any(r.data_out for r in reqs))
 
 
 class VfioController(Controller):
@@ -342,31 +349,35 @@ class VfioController(Controller):
 
     def _route(self, reqs: Sequence[Request]) -> list[tuple[Queue, int, int]]:
         """(queue, start, end) pieces of a batch: admin to the admin queue, I/O spread
-        over the I/O queues in contiguous runs, starting where the last batch ended."""
+        over the I/O queues in contiguous runs of at least SPREAD, starting where the
+        last batch ended."""
         if reqs[0].queue == ADMIN:
             return [(self.admin_q, 0, len(reqs))]
         qs = self.io_q
         if not qs:
             raise TransportError(f"{self.uri}: the controller granted no I/O queues", errno.ENXIO)
-        per = -(-len(reqs) // len(qs))
+        per = max(SPREAD, -(-len(reqs) // len(qs)))
         out = []
         for start in range(0, len(reqs), per):
             out.append((qs[self._next_q % len(qs)], start, min(start + per, len(reqs))))
             self._next_q += 1
         return out
 
-    def _pending(self, reqs: Sequence[Request], layout, alloc: Allocation | None) -> Pending:
+    def _pending(self, reqs: Sequence[Request], layout: Layout, alloc: Allocation | None
+                 ) -> Pending:
         """A batch placed in its DMA memory (data out copied), not yet on a queue."""
-        offsets, lens, data_bytes, list_bytes = layout
         d = ffi.new("struct nvmefs_data *")
         if alloc is not None:
-            for req, off in zip(reqs, offsets):
-                if req.data_out:
-                    ffi.memmove(alloc.host + off, req.data_out, len(req.data_out))
-            d.iova, d.list_pages = alloc.iova, list_bytes // PAGE
-            d.list_host, d.list_iova = alloc.host + data_bytes, alloc.iova + data_bytes
-        sqes = b"".join(r.cmd.encode() for r in reqs)
-        keep = (sqes, ffi.new("uint32_t[]", offsets), ffi.new("uint32_t[]", lens), d)
+            if layout.writes:
+                for req, off in zip(reqs, layout.offsets):
+                    if req.data_out:
+                        ffi.memmove(alloc.host + off, req.data_out, len(req.data_out))
+            d.iova, d.list_pages = alloc.iova, layout.list_bytes // PAGE
+            d.list_host = alloc.host + layout.data_bytes
+            d.list_iova = alloc.iova + layout.data_bytes
+        sqes = b"".join([r.cmd.encode() for r in reqs])
+        keep = (sqes, ffi.new("uint32_t[]", layout.offsets), ffi.new("uint32_t[]", layout.lens),
+                d)
         p = Pending(next(self._ids), len(reqs), alloc, keep)
         p.generation = self._stats.resets
         self.pending[p.batch.id] = p
@@ -379,8 +390,9 @@ class VfioController(Controller):
             while start < end:
                 if not q.c.free_top:
                     await self._wait_room(q)
-                k = lib.nvmefs_sq_submit(q.c, sqes[start * SQE:], offsets + start, lens + start,
-                                         d, p.slots + start, p.batch, end - start)
+                k = lib.nvmefs_sq_submit(q.c, sqes[start * SQE:] if start else sqes,
+                                         offsets + start, lens + start, d, p.slots + start,
+                                         p.batch, end - start)
                 if k < 0:
                     raise AssertionError("PRP list pages miscounted")
                 self.transport.notify()
@@ -393,6 +405,7 @@ class VfioController(Controller):
             s.res = status.HOST_ABORTED
         if unsent:
             p.batch.remaining -= len(unsent)
+            p.batch.failed += len(unsent)
             if not p.batch.remaining:
                 self._finish(p.batch.id)
 
@@ -402,10 +415,11 @@ class VfioController(Controller):
         deadline = deadline or self.batch_deadline(reqs)
         routes = self._route(reqs)
         layout = layout or _layout(reqs)
+        size = layout.data_bytes + layout.list_bytes
         alloc = None
-        if layout[2] and (alloc := self.pool.alloc_nowait(layout[2] + layout[3])) is None:
+        if size and (alloc := self.pool.alloc_nowait(size)) is None:
             with trio.move_on_at(deadline):
-                alloc = await self.pool.wait_alloc(layout[2] + layout[3])
+                alloc = await self.pool.wait_alloc(size)
             if alloc is None:
                 raise TransportError(f"{self.uri}: no DMA memory came free before the batch's "
                                      "deadline", errno.ETIMEDOUT)
@@ -420,7 +434,9 @@ class VfioController(Controller):
                 self._unsent(p)
             if not p.done.is_set():
                 await self._expire(p)
-            return self._completions(reqs, p)
+            out = self._completions(reqs, p)
+            self._stats.errors += p.errors
+            return out
         finally:
             if not p.done.is_set():
                 self._unsent(p)
@@ -432,13 +448,19 @@ class VfioController(Controller):
                 p.answered = True
 
     def _completions(self, reqs: Sequence[Request], p: Pending) -> list[Completion]:
-        out = []
-        offsets = p.keep[1]
+        """The batch's answers from its slots and data; a batch where every command
+        succeeded in time takes one comprehension."""
+        slots = SLOT.iter_unpack(ffi.buffer(p.slots))
         data = ffi.buffer(p.alloc.host, p.alloc.size) if p.alloc is not None else b""
-        expired = p.expired
-        for i, (req, (_, result, res, qid, _)) in enumerate(zip(reqs, SLOT.iter_unpack(
-                ffi.buffer(p.slots)))):
-            if res == -errno.EINPROGRESS or expired and i in expired:
+        offsets = p.keep[1]
+        if not p.expired and not p.batch.failed:
+            return [from_fields(Completion, (0, result & 0xFFFFFFFF, result >> 32, 0, qid,
+                                             req.cmd.cid, data[off:off + req.data_in_len]
+                                             if req.data_in_len else b""))
+                    for req, (_, result, _, qid, _), off in zip(reqs, slots, offsets)]
+        out = []
+        for i, (req, (_, result, res, qid, _)) in enumerate(zip(reqs, slots)):
+            if res == -errno.EINPROGRESS or i in p.expired:
                 res = status.HOST_ABORTED       # past its deadline, whatever came after
             elif res < 0:
                 err = -res
@@ -449,6 +471,7 @@ class VfioController(Controller):
             got = (data[offsets[i]:offsets[i] + n] if not res else bytes(n)) if n else b""
             out.append(from_fields(Completion, (res & 0x7FFF, result & 0xFFFFFFFF, result >> 32,
                                                 0, qid, req.cmd.cid, got)))
+            p.errors += bool(res & status.CODE_MASK)
         return out
 
     async def submit_batch(self, reqs: Sequence[Request]) -> list[Completion]:
@@ -458,10 +481,10 @@ class VfioController(Controller):
         if not reqs:
             await trio.lowlevel.checkpoint()
             return []
-        if any(r.queue != reqs[0].queue for r in reqs):
+        if len({r.queue for r in reqs}) > 1:
             return [(await self.submit_batch([r]))[0] for r in reqs]
         layout = _layout(reqs)
-        if layout[2] + layout[3] > self.dma_size // 2 and len(reqs) > 1:
+        if layout.data_bytes + layout.list_bytes > self.dma_size // 2 and len(reqs) > 1:
             half = len(reqs) // 2
             return await self.submit_batch(reqs[:half]) + await self.submit_batch(reqs[half:])
         stats = self._stats
@@ -478,7 +501,6 @@ class VfioController(Controller):
         finally:
             stats.in_flight -= n
         stats.completed += n
-        stats.errors += sum(1 for c in out if c.status & status.CODE_MASK)
         return out
 
     async def _wait_live(self, deadline: float) -> None:
