@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import select
@@ -83,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
         a = vsub.add_parser(action, help=text)
         a.add_argument("bdf", metavar="BDF", help="PCI address, e.g. 0000:00:03.0")
 
+    c = sub.add_parser("discover", help="print the Discovery Log Page of an NVMe/TCP target")
+    c.add_argument("target", metavar="tcp://HOST[:PORT]",
+                   help="the target's discovery controller (port 8009 by default)")
+    c.add_argument("-o", "--output-format", choices=("normal", "json"), default="normal",
+                   help="nvme-cli's text (default) or its JSON")
+
     d = sub.add_parser("decode", help="decode a saved raw structure")
     d.add_argument("--as", dest="kind", required=True, choices=sorted(render.RENDERERS),
                    help="what the bytes are")
@@ -94,6 +101,54 @@ def parser() -> argparse.ArgumentParser:
                    help="command set identifier (with --as effects)")
     d.add_argument("file", help="the raw bytes, or - for standard input")
     return p
+
+
+DISCOVERY_TIMEOUT = 30.0        # seconds to connect, read the log and disconnect
+
+
+def cmd_discover(args) -> int:
+    import trio
+
+    from .backends import TransportError, opened
+    from .mount import sole_exception
+    from .spec import discovery
+    from .spec.commands import LID_DISCOVERY
+
+    target = args.target.rstrip("/")
+    if not target.startswith("tcp://") or "/" in target[len("tcp://"):] or "?" in target:
+        print(f"nvmefs discover: expected tcp://HOST[:PORT], not {args.target!r}",
+              file=sys.stderr)
+        return 1
+    host = target[len("tcp://"):]
+    if not host.rpartition("]")[2].count(":"):
+        target += f":{discovery.DISCOVERY_PORT}"
+    uri = f"{target}/{discovery.DISCOVERY_NQN}?kato=0&queues=1"
+
+    async def fetch() -> bytes:
+        with trio.fail_after(DISCOVERY_TIMEOUT):
+            async with opened(uri) as ctrl:
+                head = await ctrl.get_log(LID_DISCOVERY, discovery.DISC_HEADER_SIZE)
+                if not head.ok:
+                    raise TransportError(f"Get Log Page 70h: status {head.status:#x}")
+                size = discovery.discovery_log_len(discovery.record_count(head.data))
+                whole = await ctrl.get_log(LID_DISCOVERY, size)
+                if not whole.ok:
+                    raise TransportError(f"Get Log Page 70h: status {whole.status:#x}")
+                return whole.data
+    try:
+        try:
+            raw = trio.run(fetch)
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None
+    except (TransportError, ValueError, trio.TooSlowError) as e:
+        print(f"nvmefs discover: {args.target}: {e or 'timed out'}", file=sys.stderr)
+        return 1
+    decoded = discovery.decode_discovery(raw)
+    if args.output_format == "json":
+        sys.stdout.write(json.dumps(decoded, indent=2) + "\n")
+    else:
+        sys.stdout.write(discovery.text_discovery(decoded))
+    return 0
 
 
 def cmd_decode(args) -> int:
@@ -265,7 +320,7 @@ def _wait_for_child(rfd: int, pid: int, mountpoint: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands = {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode, "list": cmd_list,
-                "vfio": cmd_vfio}
+                "vfio": cmd_vfio, "discover": cmd_discover}
     return commands[args.command](args)
 
 

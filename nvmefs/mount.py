@@ -145,13 +145,13 @@ async def serve(opts: MountOptions, ready: Callable[[], None]) -> None:
     try:
         await _serve(opts, ready)
     except BaseExceptionGroup as group:
-        sole = _sole(group)
+        sole = sole_exception(group)
         if sole is group:
             raise
         raise sole from None
 
 
-def _sole(group: BaseException) -> BaseException:
+def sole_exception(group: BaseException) -> BaseException:
     while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
         group = group.exceptions[0]
     return group

@@ -5,6 +5,7 @@
                                    imported only when used: it needs the compiled extension)
   vfio:BDF, vfio:sim[:options]     nvmefs's own PCIe driver on a device bound to vfio-pci, or
                                    on the register-level model of the sim (backends.vfio)
+  tcp://HOST[:PORT]/SUBNQN         an NVMe/TCP target (backends.tcp)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ REGISTRY = {
     "sim": "nvmefs.backends.sim:SimController",
     "linux": "nvmefs.backends.linux:LinuxController",
     "vfio": "nvmefs.backends.vfio.backend:VfioBackend",
+    "tcp": "nvmefs.backends.tcp:TcpController",
 }
 
 
@@ -36,8 +38,8 @@ def scheme_of(uri: str) -> str:
 def controller_class(uri: str) -> type[Controller]:
     scheme = scheme_of(uri)
     if scheme not in REGISTRY:
-        raise ValueError(f"unknown device {uri!r}: expected sim[:key=value,...], /dev/nvmeN "
-                         "or vfio:BDF")
+        raise ValueError(f"unknown device {uri!r}: expected sim[:key=value,...], /dev/nvmeN, "
+                         "vfio:BDF or tcp://HOST/NQN")
     module, _, name = REGISTRY[scheme].partition(":")
     return getattr(importlib.import_module(module), name)
 

@@ -12,7 +12,7 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, NamedTuple, Sequence
+from typing import Any, Awaitable, NamedTuple, Sequence, TypeVar
 
 import trio
 
@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = {ADMIN: 60.0, IO: 30.0}     # seconds, as Linux's admin_timeout/io_timeout
 MAX_TIMEOUT = 3600.0
 RESET_TIMEOUT = 30.0
+
+
+SPREAD = 32             # fewest commands of a batch worth an I/O queue of their own
+
+Q = TypeVar("Q")
+
+
+def spread(n: int, queues: Sequence[Q], first: int) -> list[tuple[Q, int, int]]:
+    """(queue, start, end) runs of a batch of `n` commands over `queues`: contiguous,
+    SPREAD or more each, from queue `first` (modulo) on. For backends with several
+    I/O queues of their own (vfio, tcp)."""
+    per = max(SPREAD, -(-n // len(queues)))
+    return [(queues[(first + i) % len(queues)], start, min(start + per, n))
+            for i, start in enumerate(range(0, n, per))]
 
 
 class TransportError(Exception):

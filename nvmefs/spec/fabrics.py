@@ -16,7 +16,6 @@ from .queue import Command
 
 OP_FABRICS = 0x7F
 FCTYPE_PROPERTY_SET, FCTYPE_CONNECT, FCTYPE_PROPERTY_GET, FCTYPE_DISCONNECT = 0x00, 0x01, 0x04, 0x08
-DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 DYNAMIC_CNTLID = 0xFFFF         # Connect data: any controller of the subsystem
 NQN_SIZE = 256
 

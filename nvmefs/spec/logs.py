@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .discovery import DISC_HEADER_SIZE, discovery_log_len, record_count
 from .fields import HEX, IEEE, U128, Field, Layout, kv_text, u, x
 from .opcodes import ADMIN, IO, name_of
 
@@ -281,6 +282,9 @@ class LogPage:
     open_lsp: int = 0
 
 
+CNTRLTYPE_DISCOVERY = 2         # Identify Controller CNTRLTYPE (Figure 275)
+
+
 def _fixed(n: int) -> Callable[[Mapping[str, Any]], int]:
     return lambda idc: n
 
@@ -305,6 +309,9 @@ LOG_PAGES: dict[int, LogPage] = {p.lid: p for p in [
     LogPage(0x0C, "ana", None, _fixed(4096), _bit("cmic", 3)),
     LogPage(0x0D, "persistent-event", None, _fixed(512), _bit("lpa", 4),
             persistent_event_size, LSP_PEL_ESTABLISH),
+    LogPage(0x70, "discovery", "discovery", _fixed(DISC_HEADER_SIZE),
+            lambda idc: idc["cntrltype"] == CNTRLTYPE_DISCOVERY,
+            size_from_header=lambda raw, idc: discovery_log_len(record_count(raw))),
     LogPage(0x81, "sanitize", "sanitize", _fixed(512), lambda idc: idc["sanicap"] != 0),
 ]}
 LOG_BY_NAME = {p.name: p for p in LOG_PAGES.values()}

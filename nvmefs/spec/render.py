@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from . import features, identify, logs, registers
+from . import discovery, features, identify, logs, registers
 from .fields import Layout, kv_text
 
 FORMATS = ("raw", "json", "txt")
@@ -66,6 +66,8 @@ RENDERERS: dict[str, Renderer] = {r.kind: r for r in [
     _layout("endurance", "Endurance Group Information log", logs.ENDURANCE),
     _layout("sanitize", "Sanitize Status log", logs.SANITIZE),
     Renderer("supported-logs", "Supported Log Pages log", 1024, logs.decode_supported_logs),
+    Renderer("discovery", "Discovery Log Page", discovery.DISC_HEADER_SIZE,
+             lambda raw, ctx: discovery.decode_discovery(raw)),
     Renderer("feature", "Get Features value", 4, features.decode_feature),
     Renderer("regs", "Controller Registers", registers.REGISTERS_SIZE,
              lambda raw, ctx: registers.decode_registers(raw), registers.text_registers),

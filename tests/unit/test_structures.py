@@ -78,10 +78,14 @@ def test_telemetry_size_counts_data_area_4_only_when_supported():
 
 
 def test_log_table_sizes_and_support_bits():
-    idc = {"elpe": 15, "lpa": 0x2A, "oacs": 0x10, "oaes": 0, "ctratt": 0, "cmic": 0, "sanicap": 0}
+    idc = {"elpe": 15, "lpa": 0x2A, "oacs": 0x10, "oaes": 0, "ctratt": 0, "cmic": 0, "sanicap": 0,
+           "cntrltype": 1}
     assert logs.LOG_PAGES[0x01].size(idc) == 16 * 64
     supported = {lid for lid, p in logs.LOG_PAGES.items() if p.supported(idc)}
     assert supported == {0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08}
+    assert logs.LOG_PAGES[0x70].supported({**idc, "cntrltype": 2})     # a discovery controller
+    header = (7).to_bytes(8, "little") + (3).to_bytes(8, "little") + bytes(496)
+    assert logs.LOG_PAGES[0x70].size_from_header(header, idc) == 1024 + 3 * 1024
     assert logs.LOG_BY_NAME["smart"].lid == 0x02
 
 

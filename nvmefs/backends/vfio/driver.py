@@ -42,6 +42,7 @@ from ..base import (
     ControllerGone,
     Request,
     TransportError,
+    spread,
 )
 from ..ffi import ffi, lib
 from .dma import PAGE, Allocation, DmaPool
@@ -58,7 +59,6 @@ SHUTDOWN_TIMEOUT = 10.0             # seconds for SHST, unless RTD3E says longer
 REGISTER_POLL = 0.001               # seconds between reads of CSTS while waiting on it
 POLL_INTERVAL = 0.001               # seconds between reaps without interrupts
 DONE_PER_REAP = 64
-SPREAD = 32                         # fewest commands of a batch worth a queue of their own
 ALL_ONES = 0xFFFFFFFF               # what a removed PCIe function reads
 
 
@@ -349,18 +349,15 @@ class VfioController(Controller):
 
     def _route(self, reqs: Sequence[Request]) -> list[tuple[Queue, int, int]]:
         """(queue, start, end) pieces of a batch: admin to the admin queue, I/O spread
-        over the I/O queues in contiguous runs of at least SPREAD, starting where the
+        over the I/O queues (base.spread), starting where the
         last batch ended."""
         if reqs[0].queue == ADMIN:
             return [(self.admin_q, 0, len(reqs))]
         qs = self.io_q
         if not qs:
             raise TransportError(f"{self.uri}: the controller granted no I/O queues", errno.ENXIO)
-        per = max(SPREAD, -(-len(reqs) // len(qs)))
-        out = []
-        for start in range(0, len(reqs), per):
-            out.append((qs[self._next_q % len(qs)], start, min(start + per, len(reqs))))
-            self._next_q += 1
+        out = spread(len(reqs), qs, self._next_q)
+        self._next_q += len(out)
         return out
 
     def _pending(self, reqs: Sequence[Request], layout: Layout, alloc: Allocation | None
