@@ -38,6 +38,7 @@ KERNEL_SERIES = "6.1.0"  # Debian 12's kernel
 MODULES = [
     "virtio_pci", "9pnet_virtio", "9p", "virtio_net", "configfs", "fuse",
     "crc64_rocksoft_generic", "crct10dif_generic",  # crypto backends of t10-pi
+    "crc32c_generic",                                # NVMe/TCP header and data digests
     "nvme_core", "nvme", "nvme_fabrics", "nvme_tcp", "nvmet", "nvmet_tcp",
     "vfio", "vfio_iommu_type1", "vfio_pci",
 ]

@@ -1,6 +1,7 @@
 """Boot a QEMU guest with QEMU's NVMe controller, the real Linux driver and an IOMMU,
 run the device tests in it (tests/linux and the backend contract suite on
-/dev/nvme0, then tests/vfio, which hands the controller to vfio-pci and back),
+/dev/nvme0, then tests/vfio, which hands the controller to vfio-pci and back, then
+tests/tcp against nvmet-tcp in the same guest),
 and report their results here. One boot for all of them."""
 
 import os
@@ -13,7 +14,7 @@ from .guest import Guest, NvmeDevice
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]   # one boot runs the whole device suite
 
-SUITE = "tests/linux tests/backend/test_contract.py tests/vfio"
+SUITE = "tests/linux tests/backend/test_contract.py tests/vfio tests/tcp"
 
 
 def missing() -> str | None:

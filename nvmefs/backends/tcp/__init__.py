@@ -136,7 +136,8 @@ class TcpController(Controller):
                         raise Lost(f"{what}: the target closed the connection during ICReq")
                     codec.receive_data(data)
                     resp = codec.next_pdu()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, T.ProtocolError) as e:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, T.ProtocolError,
+                Lost) as e:
             raise TransportError(f"{what}: connecting to {self.host}:{self.port}: {e}",
                                  errno.ECONNREFUSED) from None
         if not isinstance(resp, T.ICResp) or resp.dgst & ~self.digests:
