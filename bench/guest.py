@@ -13,7 +13,11 @@ Runs inside the guest of tests/vm (bench/vm.py boots it), all in one boot:
     flight) and through its `io` mailbox at batch 32 and 128,
     against fio io_uring_cmd on /dev/ng0n1 and fio io_uring on /dev/nvme0n1
     measured under the kernel driver in the same boot (target >= 1.0 of
-    io_uring_cmd at QD 32 for the direct path).
+    io_uring_cmd at QD 32 for the direct path);
+(e) the tcp backend against nvmet-tcp in the same guest, called directly and
+    through its `io` mailbox, against fio io_uring_cmd on the kernel NVMe/TCP
+    host's /dev/ngXnY for the same subsystem (target >= 0.7 at QD 32, direct).
+`python bench/guest.py vfio` or `tcp` runs one part alone.
 """
 
 import json
@@ -33,17 +37,17 @@ NG = "/dev/ng0n1"
 NVMEFS = str(Path(sys.executable).parent / "nvmefs")
 
 
-def fio_iops(qd: int, engine: str = "io_uring_cmd") -> float:
-    target = [f"--filename={NG}", "--ioengine=io_uring_cmd", "--cmd_type=nvme"] \
+def fio_iops(qd: int, engine: str = "io_uring_cmd", ng: str = NG) -> float:
+    target = [f"--filename={ng}", "--ioengine=io_uring_cmd", "--cmd_type=nvme"] \
         if engine == "io_uring_cmd" else ["--filename=/dev/nvme0n1", "--ioengine=io_uring",
                                           "--direct=1"]
     r = subprocess.run(["fio", "--name=r", *target, "--rw=randread", "--bs=4k", f"--iodepth={qd}",
-                        "--time_based", f"--runtime={SECONDS}", "--size=512M",
+                        "--time_based", f"--runtime={SECONDS}", "--size=200M",
                         "--output-format=json"], capture_output=True, text=True, check=True)
     return json.loads(r.stdout)["jobs"][0]["read"]["iops"]
 
 
-def direct_iops(uri: str, qd: int) -> float:
+def direct_iops(uri: str, qd: int, lba: int = 512) -> float:
     """The backend called directly: batches of `qd` random 4 KiB reads, one after
     another. (Two tasks of qd/2 each measured lower in the guest: the cost there is
     per batch.)"""
@@ -52,9 +56,10 @@ def direct_iops(uri: str, qd: int) -> float:
     from nvmefs.backends import Request, opened
     from nvmefs.spec.commands import rw
 
-    blocks = 512 * 1024 * 1024 // 4096
+    per = 4096 // lba                                 # blocks per 4 KiB read
+    blocks = 200 * 1024 * 1024 // 4096
     rng = random.Random(qd)
-    pool = [[Request("io", rw(OP_READ, 1, rng.randrange(blocks) * 8, 8), data_in_len=4096)
+    pool = [[Request("io", rw(OP_READ, 1, rng.randrange(blocks) * per, per), data_in_len=4096)
              for _ in range(qd)] for _ in range(64)]
 
     async def run() -> float:
@@ -67,14 +72,15 @@ def direct_iops(uri: str, qd: int) -> float:
     return trio.run(run)
 
 
-def mailbox_iops(mnt: str, qd: int) -> float:
+def mailbox_iops(mnt: str, qd: int, lba: int = 512) -> float:
     """`qd` reads per write, answers read back before the next write (measured
     better here than two half batches in flight: fewer FUSE requests).
     Requests are built before the clock starts, so the client costs little."""
-    blocks = 512 * 1024 * 1024 // 4096               # 4 KiB units in the first 512 MiB
+    per = 4096 // lba
+    blocks = 200 * 1024 * 1024 // 4096               # 4 KiB units in the first 200 MiB
     rng = random.Random(qd)
-    pool = [b"".join(encode_request(OP_READ, cid=i, nsid=1, cdw10=rng.randrange(blocks) * 8,
-                                    cdw12=7, data_len=4096) for i in range(qd))
+    pool = [b"".join(encode_request(OP_READ, cid=i, nsid=1, cdw10=rng.randrange(blocks) * per,
+                                    cdw12=per - 1, data_len=4096) for i in range(qd))
             for _ in range(256)]
     fd = os.open(os.path.join(mnt, "nvme0/passthru/io"), os.O_RDWR)
     want = qd * (16 + 4096)
@@ -104,6 +110,8 @@ def main() -> None:
         os.mkdir(mnt)
         if sys.argv[1:] == ["vfio"]:            # part (d) alone
             return vfio_part(mnt)
+        if sys.argv[1:] == ["tcp"]:             # part (e) alone
+            return tcp_part(mnt, tmp)
         subprocess.run([NVMEFS, "mount", mnt, "/dev/nvme0"], check=True)
         try:
             print("(a) 4 KiB random read IOPS: passthru/io batches vs fio io_uring_cmd")
@@ -132,6 +140,37 @@ def main() -> None:
         finally:
             subprocess.run([NVMEFS, "umount", mnt], check=True)
         vfio_part(mnt)
+        tcp_part(mnt, tmp)
+
+
+def tcp_part(mnt: str, tmp: str) -> None:
+    """(e) nvmet-tcp on 127.0.0.1 in the guest: the tcp backend against fio
+    io_uring_cmd on the kernel NVMe/TCP host's /dev/ngXnY, same subsystem."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.tcp.conftest import NQN, PORT, Nvmet
+
+    nvmet = Nvmet(Path(tmp))
+    _, disk = nvmet.kernel_host()
+    ng = "/dev/" + disk.removeprefix("/dev/").replace("nvme", "ng", 1)
+    uri = f"tcp://127.0.0.1:{PORT}/{NQN}"
+    lba = 4096                                      # nvmet's file namespace on tmpfs
+    try:
+        print("(e) 4 KiB random read IOPS over NVMe/TCP (nvmet-tcp on 127.0.0.1), against fio "
+              "io_uring_cmd\n    on the kernel NVMe/TCP host's " + ng)
+        print(f"{'QD':>4}{'tcp':>8}{'mailbox':>9}{'kernel':>8}{'tcp/kernel':>12}"
+              f"{'mailbox/kernel':>16}")
+        for qd in (1, 8, 32):
+            peer = fio_iops(qd, ng=ng)
+            mine = direct_iops(uri, qd, lba)
+            subprocess.run([NVMEFS, "mount", mnt, uri], check=True)
+            try:
+                box = mailbox_iops(mnt, qd, lba)
+            finally:
+                subprocess.run([NVMEFS, "umount", mnt], check=True)
+            print(f"{qd:>4}{mine:>8.0f}{box:>9.0f}{peer:>8.0f}{mine / peer:>12.2f}"
+                  f"{box / peer:>16.2f}", flush=True)
+    finally:
+        nvmet.disconnect_kernel_host()
 
 
 def vfio_part(mnt: str) -> None:

@@ -1,6 +1,6 @@
 """Boot the QEMU guest of tests/vm and run bench/guest.py in it (real NVMe driver,
 QEMU's controller, fio and nvme-cli as peers; an IOMMU for the vfio driver).
-`python bench/vm.py vfio` runs only the vfio part."""
+`python bench/vm.py vfio` (or `tcp`) runs only that part."""
 
 import sys
 from pathlib import Path

@@ -120,6 +120,14 @@ def page_nodes(ctrl: Controller, page: L.LogPage, name: str, captures: Captures)
         return views(name, page.kind, header, ctx,
                      raw=lambda n: LargeLogFile(n, ctrl, page, captures))
     size = page.size(ctrl.id_ctrl)
+    if page.length_from:
+        head = page_fetch(ctrl, page.lid, size)
+
+        async def whole() -> bytes:
+            first = await head()
+            length = page.length_from(first)
+            return first if length <= len(first) else await page_fetch(ctrl, page.lid, length)()
+        return views(name, page.kind, whole, ctx)
     return views(name, page.kind, page_fetch(ctrl, page.lid, size), ctx, raw_size=size)
 
 

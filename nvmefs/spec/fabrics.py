@@ -23,6 +23,7 @@ NQN_SIZE = 256
 RECFMT, QID, SQSIZE, CATTR = Bits(10, 0, 0xFFFF), Bits(10, 16, 0xFFFF), Bits(11, 0, 0xFFFF), \
     Bits(11, 16, 0xFF)
 KATO = Bits(12, 0, 0xFFFFFFFF)
+CATTR_DISABLE_SQ_FLOW = 1 << 2     # no SQ head in completions; NVMe/TCP: SUCCESS C2HData
 # Property Get/Set (§3.4, §3.5): ATTRIB bit 0 (1: 8 bytes), OFFSET; Set's VALUE in CDW12..13
 ATTRIB, OFFSET, VALUE = Bits(10, 0, 0x7), Bits(11, 0, 0xFFFFFFFF), Bits(12, 0, (1 << 64) - 1)
 SIZE_8 = 1
@@ -55,9 +56,10 @@ def _nqn(nqn: str) -> bytes:
     return raw
 
 
-def connect(qid: int, entries: int, kato_ms: int = 0) -> Command:
+def connect(qid: int, entries: int, kato_ms: int = 0, cattr: int = 0) -> Command:
     """Connect a queue of `entries` entries (its data is a ConnectData, 1024 bytes)."""
-    return command(OP_FABRICS, FCTYPE_CONNECT, (QID, qid), (SQSIZE, entries - 1), (KATO, kato_ms))
+    return command(OP_FABRICS, FCTYPE_CONNECT, (QID, qid), (SQSIZE, entries - 1),
+                   (CATTR, cattr), (KATO, kato_ms))
 
 
 def property_get(offset: int, size: int) -> Command:

@@ -280,6 +280,8 @@ class LogPage:
     # at each requested offset (LPO) with LSP 0.
     size_from_header: Callable[[bytes, Mapping[str, Any]], int] | None = None
     open_lsp: int = 0
+    # Pages read whole whose length their first `size` bytes give (discovery: NUMREC)
+    length_from: Callable[[bytes], int] | None = None
 
 
 CNTRLTYPE_DISCOVERY = 2         # Identify Controller CNTRLTYPE (Figure 275)
@@ -311,7 +313,7 @@ LOG_PAGES: dict[int, LogPage] = {p.lid: p for p in [
             persistent_event_size, LSP_PEL_ESTABLISH),
     LogPage(0x70, "discovery", "discovery", _fixed(DISC_HEADER_SIZE),
             lambda idc: idc["cntrltype"] == CNTRLTYPE_DISCOVERY,
-            size_from_header=lambda raw, idc: discovery_log_len(record_count(raw))),
+            length_from=lambda raw: discovery_log_len(record_count(raw))),
     LogPage(0x81, "sanitize", "sanitize", _fixed(512), lambda idc: idc["sanicap"] != 0),
 ]}
 LOG_BY_NAME = {p.name: p for p in LOG_PAGES.values()}

@@ -72,8 +72,8 @@ class Nvmet:
         for _ in range(300):
             ctrls = [c.name for c in Path("/sys/class/nvme").iterdir()
                      if _read(c / "subsysnqn") == NQN and _read(c / "transport") == "tcp"]
-            disks = [b.name for b in Path("/sys/block").glob("nvme*n1")
-                     if _read(b / "device/subsysnqn") == NQN]
+            disks = [b.name for b in Path("/sys/block").glob("nvme*n1")      # not the hidden
+                     if _read(b / "device/subsysnqn") == NQN and "c" not in b.name[4:]]  # paths
             if ctrls and disks and Path(f"/dev/{disks[0]}").exists():
                 return f"/dev/{ctrls[0]}", f"/dev/{disks[0]}"
             time.sleep(0.1)

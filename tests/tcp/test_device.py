@@ -30,6 +30,17 @@ def test_discover_prints_what_nvme_discover_prints(nvmet):
     assert f"subnqn:  {NQN}" in text
 
 
+def test_a_mounted_discovery_controller_shows_its_log(nvmet, tmp_path):
+    uri = f"tcp://127.0.0.1:{DISCOVERY_PORT}/nqn.2014-08.org.nvmexpress.discovery?kato=0"
+    with foreground(tmp_path / "mnt", uri):
+        d = tmp_path / "mnt" / os.listdir(tmp_path / "mnt")[0]
+        assert "discovery" in os.listdir(d / "log")
+        ours = json.loads((d / "log/discovery.json").read_text())
+        theirs = nvme_cli("discover", "-t", "tcp", "-a", "127.0.0.1", "-s", DISCOVERY_PORT)
+        assert ours["records"] == theirs["records"]
+        assert len((d / "log/discovery").read_bytes()) == 1024 * (1 + len(ours["records"]))
+
+
 def test_the_tree_equals_nvme_cli_through_the_kernel_host(nvmet, tmp_path):
     dev, disk = nvmet.kernel_host()
     try:
@@ -41,6 +52,7 @@ def test_the_tree_equals_nvme_cli_through_the_kernel_host(nvmet, tmp_path):
             contains({**ours, "cntlid": 0}, {**theirs, "cntlid": 0})
             contains(json.loads((d / "ns/1/identify.json").read_text()),
                      nvme_cli("id-ns", dev, "-n", "1"))
+            contains(json.loads((d / "log/error.json").read_text()), nvme_cli("error-log", dev))
             ours_fw = json.loads((d / "log/fw-slot.json").read_text())   # keyed by the
             theirs_fw = nvme_cli("fw-log", dev)                          # device name
             contains(next(iter(ours_fw.values())), next(iter(theirs_fw.values())))

@@ -84,8 +84,8 @@ def test_log_table_sizes_and_support_bits():
     supported = {lid for lid, p in logs.LOG_PAGES.items() if p.supported(idc)}
     assert supported == {0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08}
     assert logs.LOG_PAGES[0x70].supported({**idc, "cntrltype": 2})     # a discovery controller
-    header = (7).to_bytes(8, "little") + (3).to_bytes(8, "little") + bytes(496)
-    assert logs.LOG_PAGES[0x70].size_from_header(header, idc) == 1024 + 3 * 1024
+    header = (7).to_bytes(8, "little") + (3).to_bytes(8, "little") + bytes(1008)
+    assert logs.LOG_PAGES[0x70].length_from(header) == 1024 + 3 * 1024
     assert logs.LOG_BY_NAME["smart"].lid == 0x02
 
 

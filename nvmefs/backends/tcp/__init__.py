@@ -149,8 +149,10 @@ class TcpController(Controller):
         await self._nursery.start(q.run)
         data = F.ConnectData(self.hostid, self.subnqn, self.hostnqn,
                              self.cntlid if qid else F.DYNAMIC_CNTLID).encode()
-        cpl = await self._on(q, Request(ADMIN, F.connect(qid, entries, self.kato if not qid
-                                                          else 0), data), CONNECT_TIMEOUT)
+        # an I/O queue asks for SUCCESS C2HData: a read is one PDU, not two
+        cmd = F.connect(qid, entries, 0, F.CATTR_DISABLE_SQ_FLOW) if qid else \
+            F.connect(0, entries, self.kato)
+        cpl = await self._on(q, Request(ADMIN, cmd, data), CONNECT_TIMEOUT)
         if not cpl.ok:
             await q.aclose()
             raise TransportError(f"{what}: Connect refused: {status.describe(cpl.status).name}"
@@ -314,7 +316,7 @@ class TcpController(Controller):
                     while start < end:
                         start += await q.submit(reqs[start:end], batch, start)
                 await batch.done.wait()
-            if not batch.done.is_set():
+            if not batch.done.is_set() and routes:     # (none: it never went out)
                 await self._expire(batch, routes)
         except Lost:
             pass                # the queue-lost handler answered what went out
@@ -327,8 +329,9 @@ class TcpController(Controller):
         return out
 
     async def _wait_live(self) -> None:
-        if self.state == "failed":
-            raise ControllerGone(f"{self.uri}: the target is gone (reconnecting gave up)")
+        if self.state == "failed" or self._closing:
+            raise ControllerGone(f"{self.uri}: the target is gone (reconnecting gave up)"
+                                 if not self._closing else f"{self.uri}: closed")
         await self._live.wait()
 
     async def _expire(self, batch: Batch, routes) -> None:
@@ -369,6 +372,7 @@ class TcpController(Controller):
     async def aclose(self) -> None:
         """CC.SHN normal shutdown, bounded, then the connections closed."""
         self._closing = True
+        self._live = trio.Event()           # nothing new goes out (Keep Alive included)
         if self.admin_q is not None and self.admin_q.lost is None:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT):
                 try:

@@ -23,6 +23,7 @@ import trio
 from ...spec import tcp as T
 from ...spec.fabrics import OP_FABRICS
 from ...spec.queue import Command, Completion, from_fields
+from ...spec.status import DATA_XFER_ERROR
 from ..base import Request, TransportError
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,12 @@ class Batch:
 
 
 class _Cmd:
-    __slots__ = ("req", "batch", "index", "buf")
+    __slots__ = ("req", "batch", "index", "buf", "status")
 
     def __init__(self, req: Request, batch: Batch, index: int):
         self.req, self.batch, self.index = req, batch, index
-        self.buf = bytearray(req.data_in_len) if req.data_in_len else None
+        self.buf: bytearray | None = None   # data in that came in pieces
+        self.status = 0                     # Data Transfer Error after a data digest error
 
 
 class TcpQueue:
@@ -144,21 +146,32 @@ class TcpQueue:
             cpl = Completion.decode(pdu.cqe)
             cmd = self._take(cpl.cid)
             if cmd is not None:
-                data = bytes(cmd.buf) if cmd.buf is not None else b""
+                data = bytes(cmd.buf) if cmd.buf is not None else bytes(cmd.req.data_in_len)
                 cmd.batch.land(cmd.index, from_fields(Completion, (
-                    cpl.status, cpl.dw0, cpl.dw1, cpl.sqhd, self.qid, cmd.req.cmd.cid, data)))
+                    cpl.status or cmd.status, cpl.dw0, cpl.dw1, cpl.sqhd, self.qid,
+                    cmd.req.cmd.cid, data)))
         elif kind is T.C2HData:
             cmd = self.cmds.get(pdu.cccid)
-            if cmd is None or cmd.buf is None or pdu.offset + len(pdu.data) > len(cmd.buf):
+            size = cmd.req.data_in_len if cmd is not None else 0
+            if pdu.offset + len(pdu.data) > size:
                 raise T.ProtocolError(T.FES_DATA_RANGE, 0, f"C2HData for command {pdu.cccid} "
                                       "outside its buffer")
-            cmd.buf[pdu.offset:pdu.offset + len(pdu.data)] = pdu.data
-            if not pdu.digest_ok:
+            if not pdu.digest_ok:           # the command fails, as Linux's host fails it
                 log.warning("%s: data digest error on command %d", self.what, pdu.cccid)
+                cmd.status = DATA_XFER_ERROR
+            if len(pdu.data) == size and cmd.buf is None:
+                data = pdu.data                         # the whole transfer in one PDU
+            else:
+                if cmd.buf is None:
+                    cmd.buf = bytearray(size)
+                cmd.buf[pdu.offset:pdu.offset + len(pdu.data)] = pdu.data
+                data = cmd.buf
             if pdu.success and pdu.last:
                 self._take(pdu.cccid)
                 cmd.batch.land(cmd.index, from_fields(Completion, (
-                    0, 0, 0, 0, self.qid, cmd.req.cmd.cid, bytes(cmd.buf))))
+                    cmd.status, 0, 0, 0, self.qid, cmd.req.cmd.cid, bytes(data))))
+            elif data is pdu.data:
+                cmd.buf = bytearray(data)               # kept for the response capsule
         elif kind is T.R2TPdu:
             cmd = self.cmds.get(pdu.cccid)
             if cmd is None or pdu.offset + pdu.length > len(cmd.req.data_out):
