@@ -5,9 +5,12 @@ association."""
 
 import pytest
 import trio
+import trio.testing
+from crc32c import crc32c
 
 from nvmefs.backends import ControllerGone, Request
 from nvmefs.backends.tcp import host, parse_uri
+from nvmefs.backends.tcp.queue import Batch, TcpQueue
 from nvmefs.spec import commands as C
 from nvmefs.spec import status as S
 from nvmefs.spec import tcp as T
@@ -111,3 +114,36 @@ async def test_a_timed_out_command_ends_in_a_new_association(target):
         assert cpl.status == S.HOST_ABORTED
         assert c.statistics().timeouts == 1 and c.statistics().resets == 1
         assert (await c.io(C.rw(C.OP_READ, 1, 0, 1), data_in_len=512)).ok
+
+
+async def test_a_data_digest_error_fails_the_command_and_a_bad_pdu_ends_the_queue():
+    """One queue over an in-memory stream, the controller side played by hand."""
+    host_side, ctrl_side = trio.testing.memory_stream_pair()
+    host, ctrl = T.Connection("host", crc32c), T.Connection("controller", crc32c)
+    resp = T.ICResp(dgst=T.DGST_DATA, maxh2cdata=65536)
+    host.negotiated(resp)
+    ctrl.negotiated(T.ICReq(dgst=T.DGST_DATA))
+    ctrl.negotiated(resp)
+    q = TcpQueue(1, 8, host_side, host, 8192, 65536, "test queue")
+    lost = []
+    q.on_lost = lost.append
+    async with trio.open_nursery() as nursery:
+        await nursery.start(q.run)
+        batch = Batch(2)
+        reads = [Request("io", C.rw(C.OP_READ, 1, i, 1), data_in_len=512) for i in range(2)]
+        assert await q.submit(reads, batch) == 2
+        await ctrl_side.receive_some(1 << 16)               # the two capsules
+        good = ctrl.send(T.C2HData(q.outstanding(batch)[1], 0, b"\x11" * 512, success=True))
+        bad = bytearray(ctrl.send(T.C2HData(q.outstanding(batch)[0], 0, b"\x22" * 512,
+                                            success=True)))
+        bad[-5] ^= 0xFF                                     # a data byte: the digest fails
+        await ctrl_side.send_all(good + bytes(bad))
+        with trio.fail_after(2):
+            await batch.done.wait()
+        assert sorted(a.status for a in batch.answers) == [0, S.DATA_XFER_ERROR]
+        await ctrl_side.send_all(ctrl.send(T.CapsuleCmd(bytes(64))))   # not for a host
+        with trio.fail_after(2):
+            while not lost:
+                await trio.sleep(0.01)
+        assert q.lost is not None and lost == [q]
+        nursery.cancel_scope.cancel()

@@ -224,13 +224,7 @@ class TcpController(Controller):
             return
         self.counts["connections_lost"] += 1
         self._live = trio.Event()
-        for other in [self.admin_q, *self.io_q]:
-            if other is not None:
-                for cid in list(other.cmds):
-                    cmd = other.cmds[cid]
-                    other.abandon(cid)
-                    cmd.batch.land(cmd.index, Completion(status.HOST_ABORTED,
-                                                         cid=cmd.req.cmd.cid))
+        self._abort_all()
         if not self._reconnecting:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
@@ -357,11 +351,12 @@ class TcpController(Controller):
         for q in [self.admin_q, *self.io_q]:
             if q is not None:
                 q.on_lost = lambda q: None
-        self._queue_lost_all()
+        self._abort_all()
         await self._teardown()
         await self._associate()
 
-    def _queue_lost_all(self) -> None:
+    def _abort_all(self) -> None:
+        """Every command out on the association ends host-aborted (it is ending)."""
         for q in [self.admin_q, *self.io_q]:
             if q is not None:
                 for cid in list(q.cmds):
