@@ -36,26 +36,30 @@ class Nvmet:
     for discovery."""
 
     def __init__(self, tmp: Path):
-        # nvmet, nvmet-tcp and nvme-tcp are loaded by the guest's init (tests/vm/assets.py)
+        # nvmet, nvmet-tcp and nvme-tcp are loaded by the guest's init (tests/vm/assets.py);
+        # what an earlier process of this boot configured is kept
         self.sub = NVMET / "subsystems" / NQN
-        self.sub.mkdir()
+        self.sub.mkdir(exist_ok=True)
         (self.sub / "attr_allow_any_host").write_text("1")
-        image = tmp / "ns1.img"
-        with open(image, "wb") as f:
-            f.truncate(256 << 20)
         ns = self.sub / "namespaces/1"
-        ns.mkdir()
-        (ns / "device_path").write_text(str(image))
-        (ns / "buffered_io").write_text("1")        # tmpfs has no O_DIRECT
-        (ns / "enable").write_text("1")
+        ns.mkdir(exist_ok=True)
+        if _read(ns / "enable") != "1":
+            image = tmp / "ns1.img"
+            with open(image, "wb") as f:
+                f.truncate(256 << 20)
+            (ns / "device_path").write_text(str(image))
+            (ns / "buffered_io").write_text("1")        # tmpfs has no O_DIRECT
+            (ns / "enable").write_text("1")
         self.ports = {}
         for number, port in (("1", PORT), ("2", DISCOVERY_PORT)):
             p = NVMET / "ports" / number
+            self.ports[port] = p
+            if p.is_dir():
+                continue
             p.mkdir()
             for attr, value in (("addr_trtype", "tcp"), ("addr_adrfam", "ipv4"),
                                 ("addr_traddr", "127.0.0.1"), ("addr_trsvcid", port)):
                 (p / attr).write_text(value)
-            self.ports[port] = p
             self.link(port)
 
     def link(self, port: str = PORT) -> None:

@@ -132,7 +132,10 @@ class TcpQueue:
                         self._dispatch(pdu, nursery)
             except T.ProtocolError as e:
                 with trio.move_on_after(1):
-                    await self.send_plain(T.TermReq(T.H2C_TERM_REQ, e.fes, e.fei, e.header))
+                    try:
+                        await self.send_plain(T.TermReq(T.H2C_TERM_REQ, e.fes, e.fei, e.header))
+                    except Lost:
+                        pass            # the connection is gone already
                 self._lose(f"protocol error: {e}")
             except Lost as e:
                 self._lose(str(e))
@@ -152,7 +155,9 @@ class TcpQueue:
                     cmd.req.cmd.cid, data)))
         elif kind is T.C2HData:
             cmd = self.cmds.get(pdu.cccid)
-            size = cmd.req.data_in_len if cmd is not None else 0
+            if cmd is None:
+                return                  # a command already answered (the association ended)
+            size = cmd.req.data_in_len
             if pdu.offset + len(pdu.data) > size:
                 raise T.ProtocolError(T.FES_DATA_RANGE, 0, f"C2HData for command {pdu.cccid} "
                                       "outside its buffer")
@@ -174,7 +179,9 @@ class TcpQueue:
                 cmd.buf = bytearray(data)               # kept for the response capsule
         elif kind is T.R2TPdu:
             cmd = self.cmds.get(pdu.cccid)
-            if cmd is None or pdu.offset + pdu.length > len(cmd.req.data_out):
+            if cmd is None:
+                return
+            if pdu.offset + pdu.length > len(cmd.req.data_out):
                 raise T.ProtocolError(T.FES_DATA_RANGE, 0, f"R2T for command {pdu.cccid} "
                                       "outside its data")
             nursery.start_soon(self._answer_r2t, cmd, pdu)
