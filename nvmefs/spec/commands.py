@@ -163,6 +163,11 @@ def number_of_queues(count: int) -> Command:
                    (NCQR, count - 1))
 
 
+def queues_granted(dw0: int) -> int:
+    """I/O queue pairs a Number of Queues completion grants (NSQA, NCQA: 0's based)."""
+    return min(dw0 & 0xFFFF, dw0 >> 16) + 1
+
+
 def rw(opcode: int, nsid: int, slba: int, nlb: int) -> Command:
     """Read/Write/Compare/Write Zeroes... of `nlb` (1..65536) blocks from `slba`."""
     return command(opcode, nsid, (SLBA, slba), (NLB, nlb - 1))

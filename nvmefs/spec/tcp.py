@@ -232,6 +232,11 @@ class Connection:
         return b"".join(parts)
 
 
+def _c2h(fields: tuple[int, int, int, int], flags: int, data: bytes, ok: bool) -> C2HData:
+    cccid, _, offset, _ = fields
+    return C2HData(cccid, offset, data, bool(flags & DATA_LAST), bool(flags & DATA_SUCCESS), ok)
+
+
 def _term_decode(kind: int):
     def decode(h: bytes, flags: int, data: bytes, ok: bool) -> TermReq:
         fes, fei = TERM.unpack_from(h, 8)
@@ -245,8 +250,7 @@ _DECODE = {
     CAPSULE_CMD: lambda h, f, d, ok: CapsuleCmd(h[8:72], d),
     CAPSULE_RESP: lambda h, f, d, ok: CapsuleResp(h[8:24]),
     H2C_DATA: lambda h, f, d, ok: H2CData(*DATA.unpack_from(h, 8)[:3], d, bool(f & DATA_LAST)),
-    C2H_DATA: lambda h, f, d, ok: C2HData(DATA.unpack_from(h, 8)[0], DATA.unpack_from(h, 8)[2],
-                                          d, bool(f & DATA_LAST), bool(f & DATA_SUCCESS), ok),
+    C2H_DATA: lambda h, f, d, ok: _c2h(DATA.unpack_from(h, 8), f, d, ok),
     R2T: lambda h, f, d, ok: R2TPdu(*DATA.unpack_from(h, 8)),
     H2C_TERM_REQ: _term_decode(H2C_TERM_REQ),
     C2H_TERM_REQ: _term_decode(C2H_TERM_REQ),

@@ -119,6 +119,7 @@ def test_queue_management_builders_the_driver_sends():
     assert (C.abort(1, 0x1234).opcode, C.abort(1, 0x1234).cdw10) == (0x08, 0x1234 << 16 | 1)
     nq = C.number_of_queues(4)
     assert (nq.opcode, nq.cdw10, nq.cdw11) == (0x09, 0x07, 3 << 16 | 3)
+    assert C.queues_granted(7 << 16 | 3) == 4 and C.queues_granted(0) == 1
 
 
 def test_firmware_download_and_dataset_management_lengths():

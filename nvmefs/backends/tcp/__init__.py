@@ -105,6 +105,11 @@ class TcpController(Controller):
         self.counts = dict.fromkeys(("reconnects", "connections_lost", "keep_alives"), 0)
 
     @property
+    def queues(self) -> list[TcpQueue]:
+        """The admin queue and the I/O queues there are."""
+        return [q for q in [self.admin_q, *self.io_q] if q is not None]
+
+    @property
     def discovery(self) -> bool:
         return self.subnqn == DISCOVERY_NQN
 
@@ -201,18 +206,18 @@ class TcpController(Controller):
                                                    data_in_len=IDENTIFY_SIZE), CONNECT_TIMEOUT)
         if not cpl.ok:
             raise TransportError(f"{self.uri}: Identify failed")
-        subnqn = decode_id_ctrl(cpl.data)["subnqn"]
+        idc = decode_id_ctrl(cpl.data)
+        subnqn = idc["subnqn"]
         if self.seen_subnqn not in ("", subnqn):
             raise ControllerGone(f"{self.uri}: the controller's subsystem was "
                                  f"{self.seen_subnqn!r} and is now {subnqn!r}; not reconnecting")
         self.seen_subnqn = subnqn
         self.io_q = []
         if not self.discovery:
-            ioccsz = decode_id_ctrl(cpl.data).get("ioccsz", 4) * 16 - 64
+            ioccsz = idc.get("ioccsz", 4) * 16 - 64
             cpl = await self._on(self.admin_q, Request(ADMIN, C.number_of_queues(
                 self.want_queues)), CONNECT_TIMEOUT)
-            count = min(self.want_queues, (cpl.dw0 & 0xFFFF) + 1, (cpl.dw0 >> 16) + 1) \
-                if cpl.ok else 1
+            count = min(self.want_queues, C.queues_granted(cpl.dw0)) if cpl.ok else 1
             entries = min(self.depth, R.CAP_MQES.get(self.cap) + 1)
             for qid in range(1, count + 1):
                 self.io_q.append(await self._connect_queue(qid, entries, max(ioccsz, 0)))
@@ -230,11 +235,13 @@ class TcpController(Controller):
             self._nursery.start_soon(self._reconnect)
 
     async def _teardown(self) -> None:
-        queues, self.admin_q, self.io_q = [self.admin_q, *self.io_q], None, []
+        """Close every connection; none of them reports itself lost meanwhile (the
+        target ends an association's other connections once one closes)."""
+        queues, self.admin_q, self.io_q = self.queues, None, []
         for q in queues:
-            if q is not None:
-                q.on_lost = lambda q: None
-                await q.aclose()
+            q.on_lost = lambda q: None
+        for q in queues:
+            await q.aclose()
 
     async def _reconnect(self) -> None:
         """A new association, retried with a bounded backoff for up to CTRL_LOSS_TMO."""
@@ -348,21 +355,17 @@ class TcpController(Controller):
     async def _reset(self) -> None:
         """A new association (what a controller reset is over fabrics)."""
         self._live = trio.Event()
-        for q in [self.admin_q, *self.io_q]:
-            if q is not None:
-                q.on_lost = lambda q: None
         self._abort_all()
         await self._teardown()
         await self._associate()
 
     def _abort_all(self) -> None:
         """Every command out on the association ends host-aborted (it is ending)."""
-        for q in [self.admin_q, *self.io_q]:
-            if q is not None:
-                for cid in list(q.cmds):
-                    cmd = q.cmds[cid]
-                    q.abandon(cid)
-                    cmd.batch.land(cmd.index, Completion(status.HOST_ABORTED, cid=cmd.req.cmd.cid))
+        for q in self.queues:
+            for cid in list(q.cmds):
+                cmd = q.cmds[cid]
+                q.abandon(cid)
+                cmd.batch.land(cmd.index, Completion(status.HOST_ABORTED, cid=cmd.req.cmd.cid))
 
     async def aclose(self) -> None:
         """CC.SHN normal shutdown, bounded, then the connections closed."""
@@ -384,8 +387,7 @@ class TcpController(Controller):
     def statistics(self):
         stats = super().statistics()
         stats.extra.update(self.counts, queues=len(self.io_q),
-                           bytes_sent=sum(q.sent for q in [self.admin_q, *self.io_q] if q),
-                           bytes_received=sum(q.received for q in [self.admin_q, *self.io_q]
-                                              if q))
+                           bytes_sent=sum(q.sent for q in self.queues),
+                           bytes_received=sum(q.received for q in self.queues))
         return stats
 

@@ -207,8 +207,7 @@ class VfioController(Controller):
         if R.CAP_MPSMIN.get(self.cap):      # CC.MPS 0: the host's 4 KiB pages
             raise TransportError(f"{self.uri}: the controller's smallest memory page is "
                                  f"{4096 << R.CAP_MPSMIN.get(self.cap)} bytes; nvmefs uses 4 KiB")
-        depth = min(ADMIN_ENTRIES, R.CAP_MQES.get(self.cap) + 1)
-        need = Queue.memory(depth) + self.want_queues * Queue.memory(self.io_depth)
+        need = Queue.memory(self.admin_depth) + self.want_queues * Queue.memory(self.io_depth)
         self.pool = DmaPool(t, self.dma_size + need)
         self.vectors = t.enable_vectors(1 + self.want_queues)
         for v in range(self.vectors):
@@ -223,17 +222,25 @@ class VfioController(Controller):
     def io_depth(self) -> int:
         return min(self.want_depth, R.CAP_MQES.get(self.cap) + 1)
 
+    @property
+    def admin_depth(self) -> int:
+        return min(ADMIN_ENTRIES, R.CAP_MQES.get(self.cap) + 1)
+
+    @property
+    def queues(self) -> list[Queue]:
+        """The admin queue and the I/O queues there are."""
+        return [q for q in [self.admin_q, *self.io_q] if q is not None]
+
     async def _bring_up(self) -> None:
         """From any state to enabled with I/O queues; the caller holds no queue."""
         t, cap = self.transport, self.cap
         await self._disable()
-        for q in [self.admin_q, *self.io_q]:
-            if q is not None:
-                self._cancel(q)
-                self.pool.free(q.mem)
+        for q in self.queues:
+            self._cancel(q)
+            self.pool.free(q.mem)
         self.admin_q, self.io_q = None, []
         dstrd = R.CAP_DSTRD.get(cap)
-        entries = min(ADMIN_ENTRIES, R.CAP_MQES.get(cap) + 1)
+        entries = self.admin_depth
         self.admin_q = q = Queue(0, entries, self.pool.alloc_nowait(Queue.memory(entries)),
                                    t.bar, dstrd, 0 if self.vectors else None)
         t.write32(R.AQA, R.AQA_ASQS.put(entries - 1) | R.AQA_ACQS.put(entries - 1))
@@ -250,7 +257,7 @@ class VfioController(Controller):
         if not cpl.ok:
             raise TransportError(f"{self.uri}: Set Features Number of Queues failed: "
                                  f"{status.describe(cpl.status).name}")
-        count = min(self.want_queues, (cpl.dw0 & 0xFFFF) + 1, (cpl.dw0 >> 16) + 1)
+        count = min(self.want_queues, C.queues_granted(cpl.dw0))
         for qid in range(1, count + 1):
             vector = (None if self.poll or not self.vectors else
                       1 + (qid - 1) % (self.vectors - 1) if self.vectors > 1 else 0)
@@ -302,7 +309,7 @@ class VfioController(Controller):
                 return
 
     def _queues_of(self, vector: int) -> list[Queue]:
-        return [q for q in [self.admin_q, *self.io_q] if q is not None and q.vector == vector]
+        return [q for q in self.queues if q.vector == vector]
 
     async def _serve_vector(self, vector: int) -> None:
         try:
@@ -318,7 +325,7 @@ class VfioController(Controller):
         commands out (besides by their submitters, with poll=1: this catches what
         a cancelled submitter left)."""
         while True:
-            polled = [q for q in [self.admin_q, *self.io_q] if q is not None and q.vector is None]
+            polled = [q for q in self.queues if q.vector is None]
             if not any(q.outstanding for q in polled):
                 self._kick = trio.Event()
                 await self._kick.wait()
@@ -396,10 +403,11 @@ class VfioController(Controller):
                 start += k
 
     def _unsent(self, p: Pending) -> None:
-        """Commands the deadline kept off the queues end host-aborted here."""
+        """Commands the deadline kept off the queues end host-aborted here (once: the
+        slot then names the batch, as a sent one does)."""
         unsent = [s for s in p.slots if s.batch == ffi.NULL]
         for s in unsent:
-            s.res = status.HOST_ABORTED
+            s.res, s.batch = status.HOST_ABORTED, p.batch
         if unsent:
             p.batch.remaining -= len(unsent)
             p.batch.failed += len(unsent)
@@ -560,9 +568,8 @@ class VfioController(Controller):
         if not self.gone:
             self.gone = True
             log.error("%s: the device is gone", self.uri)
-            for q in [self.admin_q, *self.io_q]:
-                if q is not None:
-                    self._cancel(q, -errno.ENODEV)
+            for q in self.queues:
+                self._cancel(q, -errno.ENODEV)
 
     # ------------------------------------------------------------------ events
 
@@ -609,9 +616,8 @@ class VfioController(Controller):
                 except TransportError as e:
                     log.warning("%s: shutdown: %s", self.uri, e)
         self._live = trio.Event()
-        for q in [self.admin_q, *self.io_q]:
-            if q is not None:
-                self._cancel(q, -errno.ENODEV)
+        for q in self.queues:
+            self._cancel(q, -errno.ENODEV)
         self.admin_q, self.io_q = None, []
         if self.pool is not None:
             self.pool.close()
@@ -623,8 +629,7 @@ class VfioController(Controller):
         stats = super().statistics()
         stats.extra.update(self.counts, queues=len(self.io_q), vectors=self.vectors if
                            self.pool else 0, batches_in_flight=len(self.pending),
-                           stray_completions=sum(q.c.stray for q in [self.admin_q, *self.io_q]
-                                                 if q is not None))
+                           stray_completions=sum(q.c.stray for q in self.queues))
         if self.pool is not None:
             stats.extra.update(self.pool.statistics())
         return stats

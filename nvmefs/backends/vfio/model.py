@@ -276,10 +276,8 @@ class ModelTransport(Transport):
         req = Request(sq.queue, cmd, data_out, length if xfer == XFER_FROM_CTRL else 0)
         try:
             started = self.sim._begin(req)
-        except ControllerFatal:
-            return                  # CSTS.CFS is set; nothing more completes
-        except ControllerGone:
-            return
+        except (ControllerFatal, ControllerGone):
+            return                  # CSTS.CFS is set, or the device is gone: nothing completes
         if isinstance(started, Completion):
             return self._complete(sq, cmd.cid, req, started, segs, fire)
         scope = trio.CancelScope()
