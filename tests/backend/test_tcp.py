@@ -3,6 +3,8 @@ the host's identity, digests, Keep Alive, a lost connection answered and
 reconnected, a changed subsystem refused, a timed-out command ending in a new
 association."""
 
+import os
+
 import pytest
 import trio
 import trio.testing
@@ -93,6 +95,25 @@ async def test_a_lost_connection_is_answered_and_reconnected(target):
                 await trio.sleep(0.05)
         assert (await c.io(C.rw(C.OP_READ, 1, 0, 8), data_in_len=4096)).ok
         assert c.state == "live" and c.counts["connections_lost"] >= 1
+
+
+async def test_a_caller_cancelled_mid_submit_leaves_the_queue_whole(target):
+    """An interrupted read: its capsules went out whole or not at all, their answers
+    free their command ids, and the queue goes on."""
+    async with controller(target.uri + "?queues=1") as c:
+        q = c.io_q[0]
+        free = len(q.free)
+        data = os.urandom(1 << 20)                         # R2T writes: the send takes a while
+        for _ in range(5):
+            with trio.move_on_after(0.001):
+                await c.submit_batch([Request("io", C.rw(C.OP_WRITE, 1, 256 * i, 256),
+                                              data_out=data[:256 * 512]) for i in range(8)])
+        with trio.fail_after(10):
+            while len(q.free) < free:
+                await trio.sleep(0.01)
+        assert q.lost is None and not q.cmds
+        cpl = await c.io(C.rw(C.OP_READ, 1, 0, 256), data_in_len=256 * 512)
+        assert cpl.ok and cpl.data == data[:256 * 512]
 
 
 async def test_a_target_whose_subsystem_changed_is_refused(target):

@@ -29,6 +29,7 @@ from ..base import Request, TransportError
 log = logging.getLogger(__name__)
 
 RECEIVE = 1 << 18                   # bytes per receive
+SEND_TIMEOUT = 30.0                 # seconds a send may wait for the peer to take it
 
 
 class Lost(TransportError):
@@ -77,12 +78,20 @@ class TcpQueue:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, data: bytes) -> None:
-        async with self.send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                self._lose(f"send: {e}")
-                raise self.lost from None
+        """Send whole PDUs. Shielded, so a cancelled caller (an interrupted read) can
+        neither leave half a PDU on the wire nor commands registered but never sent;
+        bounded by SEND_TIMEOUT, past which the connection is given up."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                async with self.send_lock:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                        self._lose(f"send: {e}")
+                        raise self.lost from None
+            if scope.cancelled_caught:
+                self._lose(f"send: nothing taken for {SEND_TIMEOUT:g} s")
+                raise self.lost
         self.sent += len(data)
 
     def _capsule(self, cmd: Command, req: Request) -> bytes:
