@@ -16,7 +16,8 @@ from typing import AsyncIterator
 
 import trio
 
-from .base import Controller, ControllerFatal, ControllerGone, Request, TransportError, Unsupported
+from .base import Controller, Request
+from .errors import ControllerFatal, ControllerGone, TransportError, Unsupported
 
 OPEN_TIMEOUT = 120.0       # seconds to open and identify a controller
 

@@ -8,15 +8,18 @@ answered with the host-aborted status (SCT 3h, SC 71h).
 
 from __future__ import annotations
 
-import errno
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, NamedTuple, Sequence, TypeVar
 
 import trio
 
-from ..spec import commands, status
+from ..spec import cdq, commands, status
+from ..spec import events as E
+from ..spec.logs import LOG_PAGES
+from ..spec.render import decode
 from ..spec.identify import (
     CNS_CTRL,
     CNS_NS,
@@ -28,12 +31,16 @@ from ..spec.identify import (
 from ..spec.commands import NSID_ALL
 from ..spec.opcodes import ADMIN, IO
 from ..spec.queue import Command, Completion
+from .cdq import DELETED, LIVE, LOST, HostQueue, Memory
+from .errors import ControllerGone, TransportError, Unsupported
+from .events import EventLog
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = {ADMIN: 60.0, IO: 30.0}     # seconds, as Linux's admin_timeout/io_timeout
 MAX_TIMEOUT = 3600.0
 RESET_TIMEOUT = 30.0
+AERS = 4                # Asynchronous Event Requests kept outstanding, at most AERL + 1 (§5.2)
 
 
 SPREAD = 32             # fewest commands of a batch worth an I/O queue of their own
@@ -48,31 +55,6 @@ def spread(n: int, queues: Sequence[Q], first: int) -> list[tuple[Q, int, int]]:
     per = max(SPREAD, -(-n // len(queues)))
     return [(queues[(first + i) % len(queues)], start, min(start + per, n))
             for i, start in enumerate(range(0, n, per))]
-
-
-class TransportError(Exception):
-    """The command could not be carried to or from the controller."""
-    errno = errno.EIO
-
-    def __init__(self, message: str, err: int | None = None):
-        super().__init__(message)
-        if err is not None:
-            self.errno = err
-
-
-class ControllerGone(TransportError):
-    """The controller was removed (surprise removal, unbound, link down)."""
-    errno = errno.ENODEV
-
-
-class ControllerFatal(TransportError):
-    """The controller reports Controller Fatal Status (CSTS.CFS) until reset."""
-    errno = errno.EIO
-
-
-class Unsupported(TransportError):
-    """The backend cannot do this at all (e.g. Linux without the compiled extension)."""
-    errno = errno.EOPNOTSUPP
 
 
 class Request(NamedTuple):
@@ -100,6 +82,12 @@ class Controller(ABC):
     """One NVMe controller. Subclasses implement `_execute` and the lifetime hooks."""
 
     backend = "?"
+    # nvmefs owns the admin queue (sim, vfio): it keeps Asynchronous Event Requests
+    # outstanding and records what they report in `events`
+    keeps_events = False
+    # seconds between looks at a Controller Data Queue a reader waits on, where the
+    # controller's Tail Pointer Trigger event cannot be relied on; None: it can
+    cdq_poll: float | None = None
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -111,6 +99,9 @@ class Controller(ABC):
         self._id_ns: dict[int, bytes] = {}
         self.state = "new"
         self._stats = Statistics()
+        self.events = EventLog()
+        self.cdqs: dict[str, HostQueue] = {}
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ backend hooks
 
@@ -140,6 +131,8 @@ class Controller(ABC):
 
     async def aclose(self) -> None:
         self.state = "closed"
+        for q in self.cdqs.values():
+            q.end(DELETED)
 
     @property
     def preferred_name(self) -> str | None:
@@ -161,9 +154,14 @@ class Controller(ABC):
     async def start(self, nursery: trio.Nursery) -> "Controller":
         """Open and identify the controller; its background tasks live in `nursery`
         (which must outlive the controller: close it with `aclose` first)."""
+        self._nursery = nursery
         await self._start(nursery)
         self.state = "live"
         await self.refresh()
+        if self.keeps_events:
+            await self._enable_events()
+            for _ in range(min(AERS, self.id_ctrl["aerl"] + 1)):
+                nursery.start_soon(self._serve_events)
         return self
 
     @staticmethod
@@ -250,10 +248,128 @@ class Controller(ABC):
             self.state = "failed"
             raise
         self.state = "live"
+        for q in self.cdqs.values():
+            q.end(LOST)                 # a reset deletes every queue (TP4159)
         await self.refresh()
+        if self.keeps_events:
+            await self._enable_events()     # features are back to their defaults
 
     def statistics(self) -> Statistics:
+        """The counters (held Asynchronous Event Requests are not commands here)."""
+        self._stats.extra["events"] = self.events.count
         return self._stats
+
+    # ------------------------------------------------------------------ asynchronous events
+
+    async def _enable_events(self) -> None:
+        """Asynchronous Event Configuration: every critical warning and the notices
+        the controller says it sends (OAES)."""
+        cdw11 = E.AEC_SMART_ALL | self.id_ctrl["oaes"] & E.OAES_NOTICES
+        cpl = await self.admin(commands.set_features(commands.FID_ASYNC_EVENT, cdw11))
+        if not cpl.ok:
+            log.info("%s: Asynchronous Event Configuration refused: %s", self.uri,
+                     status.describe(cpl.status).name)
+
+    async def _wait_serving(self) -> None:
+        """Until commands may be sent (a backend that resets waits for the reset)."""
+        await trio.lowlevel.checkpoint()
+
+    async def _serve_events(self) -> None:
+        """One Asynchronous Event Request kept outstanding (§5.2), for the mount's life."""
+        while True:
+            await self._wait_serving()
+            try:
+                cpl = await self._held(commands.command(commands.OP_ASYNC_EVENT))
+            except ControllerGone:
+                return
+            except TransportError:          # fatal until a reset: look again later
+                await trio.sleep(RESET_TIMEOUT / 10)
+                continue
+            if status.code(cpl.status) == status.HOST_ABORTED:
+                continue                    # a reset ended it
+            if not cpl.ok:
+                return                      # Asynchronous Event Request Limit Exceeded
+            await self.publish_event({"source": "aer", **E.decode_aen(cpl.dw0, cpl.dw1)},
+                                     cpl.dw0)
+
+    async def _held(self, cmd: Command) -> Completion:
+        """An admin command the controller answers when it has news: no timeout, not
+        counted in `statistics`."""
+        started = self._begin(Request(ADMIN, cmd, timeout=math.inf))
+        return started if started.__class__ is Completion else await started
+
+    async def publish_event(self, record: dict[str, Any], dw0: int | None = None) -> None:
+        """Record an event; one an Asynchronous Event Request reported (its DW0) with
+        the log page that explains it, read with RAE clear (which lets the controller
+        report its type again)."""
+        cdqid = record.get("cdqid")
+        for q in self.cdqs.values():
+            if q.cdqid == cdqid:
+                q.triggered()
+        explain = None if dw0 is None else E.explaining_log(dw0)
+        if explain is not None:
+            lid, length = explain
+            try:
+                page = await self.get_log(lid, length, rae=False)
+            except TransportError as e:
+                log.warning("%s: log page %#04x of an event: %s", self.uri, lid, e)
+            else:
+                kind = LOG_PAGES[lid].kind if lid in LOG_PAGES else None
+                if page.ok and lid in E.EXPLAINING_LOGS and kind:
+                    record["log"] = decode(kind, page.data, {"name": self.name})
+        log.info("%s: event %s %s", self.uri, record["type_name"], record.get("info_name", ""))
+        self.events.publish(record)
+
+    # ------------------------------------------------------------------ Controller Data Queues
+
+    def _cdq_memory(self, size: int) -> Memory:
+        """Zeroed memory the controller can write, for a queue of `size` bytes."""
+        raise Unsupported(f"{self.backend}: Controller Data Queues need memory the "
+                          "controller writes at any time, which this backend cannot give")
+
+    def cdq_counts(self, cdqid: int) -> dict[str, int]:
+        """What the controller side knows of a queue (the sim: posted, lost)."""
+        return {}
+
+    async def cdq_create(self, name: str, entries: int, cntlid: int,
+                         qt: int = cdq.QT_UDMQ) -> tuple[Completion, HostQueue | None]:
+        """Create a queue of `entries` entries (Controller Data Queue, SEL create);
+        the queue, or None with the refusing completion."""
+        memory = self._cdq_memory(entries * cdq.ENTRY_SIZE)
+        with trio.CancelScope(shield=True):     # the controller must not keep memory we free
+            try:
+                cpl = await self.admin(cdq.create(memory.iova, entries * cdq.ENTRY_SIZE,
+                                                  cntlid, qt))
+            except BaseException:
+                memory.release()
+                raise
+            if not cpl.ok:
+                memory.release()
+                return cpl, None
+            q = self.cdqs[name] = HostQueue(self, name, cdq.created_id(cpl.dw0), entries,
+                                             memory, cntlid, self.cdq_poll)
+        if self.cdq_poll:
+            self._nursery.start_soon(q.watch)
+        return cpl, q
+
+    async def cdq_delete(self, q: HostQueue) -> Completion:
+        """Delete a queue; its memory goes back once the controller let go of it."""
+        cpl = Completion()
+        if q.state == LIVE:
+            with trio.CancelScope(shield=True):
+                cpl = await self.admin(cdq.delete(q.cdqid))
+            if not cpl.ok and status.code(cpl.status) != status.code(status.INVALID_CDQ):
+                return cpl
+            q.end(DELETED)
+        self.cdqs.pop(q.name, None)
+        return cpl
+
+    async def cdq_track(self, q: HostQueue, start: bool) -> Completion:
+        """Track Send: log user data changes into `q`, or stop."""
+        cpl = await self.admin(cdq.track_send(q.cdqid, start))
+        if cpl.ok:
+            q.tracking = start
+        return cpl
 
     # ------------------------------------------------------------------ helpers built on admin()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ..backends.base import Controller
 from ..spec import identify as ID
 from ..spec import registers as R
+from .cdq import CdqDir
 from .errors import check
+from .events import EventsFile
 from .features import feature_dir
 from .logs import log_dir
 from .nodes import Dir, Node, SnapshotFile, StaticDir
@@ -72,5 +74,6 @@ def controller_dir(ctrl: Controller) -> Dir:
         SnapshotFile("info", info, waits=False),
         *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE, waits=False),
         log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
-        PassthruDir(ctrl), ResetFile(ctrl), *sim_files(ctrl), *register_files(ctrl),
+        PassthruDir(ctrl), CdqDir(ctrl), EventsFile(ctrl), ResetFile(ctrl), *sim_files(ctrl),
+        *register_files(ctrl),
     ])

@@ -6,7 +6,9 @@ Reading lists the armed faults, one per line, in the syntax that arms them
 
     KIND:QUEUE:OPCODE:COUNT[:ARG]      e.g.  status:io:0x02:3:READ_ERROR
 
-Writing a line arms a fault; writing `clear` disarms them all. A write may hold
+Writing a line arms a fault; writing `clear` disarms them all;
+`temperature:KELVIN` sets the composite temperature (a SMART / Health event
+past a threshold: see `events`). A write may hold
 several lines, carried out in order, all or nothing: a bad line fails the
 write with EINVAL and changes nothing (ENOSPC: more faults than a controller
 keeps). Writing needs the writer's passthru policy to be `all`, as `reset`
@@ -18,6 +20,8 @@ from __future__ import annotations
 import errno
 
 from pyfuse3 import FUSEError
+
+from typing import Callable
 
 from ..backends.base import Controller
 from ..backends.sim.faults import FaultError, Faults, FaultsFull
@@ -31,9 +35,11 @@ class FaultsFile(File):
     perm = 0o644
     attr_timeout = 0.0          # the size follows the armed faults
 
-    def __init__(self, faults: Faults, name: str = "faults"):
+    def __init__(self, faults: Faults, set_temperature: Callable[[int], None],
+                 name: str = "faults"):
         super().__init__(name)
         self.faults = faults
+        self.set_temperature = set_temperature
 
     def listing(self) -> bytes:
         return self.faults.describe().encode()
@@ -46,30 +52,33 @@ class FaultsFile(File):
             return SnapshotHandle(self.listing())
         if self.tree.access.policy_for(ctx.uid) != "all":
             raise FUSEError(errno.EACCES)
-        return FaultsHandle(self.faults, self.listing())
+        return FaultsHandle(self.faults, self.set_temperature, self.listing())
 
 
 class FaultsHandle(SnapshotHandle):
     """A writable open: reads see the faults armed at open; each write() is whole
     lines (a trailing newline may be left out)."""
 
-    def __init__(self, faults: Faults, listing: bytes):
+    def __init__(self, faults: Faults, set_temperature: Callable[[int], None], listing: bytes):
         super().__init__(listing)
         self.faults = faults
+        self.set_temperature = set_temperature
 
     async def write(self, offset: int, data: bytes) -> int:
         if len(data) > MAX_WRITE:
             raise FUSEError(errno.EINVAL)
         try:
-            self.faults.apply(data.decode("ascii"))
+            conditions = self.faults.apply(data.decode("ascii"))
         except FaultsFull:
             raise FUSEError(errno.ENOSPC) from None
         except (FaultError, UnicodeDecodeError):
             raise FUSEError(errno.EINVAL) from None
+        if "temperature" in conditions:
+            self.set_temperature(conditions["temperature"])
         return len(data)
 
 
 def sim_files(ctrl: Controller) -> list[Node]:
     """The files only a sim controller's directory has: `faults`."""
     faults = getattr(ctrl, "faults", None)
-    return [FaultsFile(faults)] if isinstance(faults, Faults) else []
+    return [FaultsFile(faults, ctrl.set_temperature)] if isinstance(faults, Faults) else []

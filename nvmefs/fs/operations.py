@@ -179,19 +179,25 @@ class Operations(pyfuse3.Operations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         with handling(ctx):
-            parent = self._dir(parent_inode)
-            if not hasattr(parent, "create"):
-                raise FUSEError(errno.EACCES)
-            node = await parent.create(os.fsdecode(name), ctx)
+            node = await self._in_dir(parent_inode, "create", name, ctx)
             info = await self._open(node, flags, ctx)
             return info, await self.tree.attr(node)
 
     async def unlink(self, parent_inode, name, ctx):
         with handling(ctx):
-            parent = self._dir(parent_inode)
-            if not hasattr(parent, "unlink"):
-                raise FUSEError(errno.EACCES)
-            await parent.unlink(os.fsdecode(name), ctx)
+            await self._in_dir(parent_inode, "unlink", name, ctx)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        with handling(ctx):
+            await self._in_dir(parent_inode, "rmdir", name, ctx)
+
+    async def _in_dir(self, parent_inode, op: str, name: bytes, ctx):
+        """A directory's own `op` (create, unlink, rmdir) on `name`; EACCES where the
+        directory has none."""
+        parent = self._dir(parent_inode)
+        if not hasattr(parent, op):
+            raise FUSEError(errno.EACCES)
+        return await getattr(parent, op)(os.fsdecode(name), ctx)
 
     async def statfs(self, ctx):
         with handling(ctx, waits=False):

@@ -104,6 +104,9 @@ NSQR, NCQR = Bits(11, 0, 0xFFFF), Bits(11, 16, 0xFFFF)
 # Firmware Image Download (§5.13): NUMD; Dataset Management (NVM §3.2.3): NR (both 0's based)
 FW_NUMD, DSM_NR = Bits(10, 0, 0xFFFFFFFF), Bits(10, 0, 0xFF)
 DSM_RANGE_SIZE = 16
+# Copy (NVM §3.2.2): SDLBA, NR (0's based), DESFMT; source range entries of format 0h
+SDLBA, COPY_NR, DESFMT = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFF), Bits(12, 8, 0xF)
+COPY_RANGE_SIZE = 32
 
 
 def command(opcode: int, nsid: int = 0, *fields: tuple[Bits, int], **dwords: int) -> Command:
@@ -219,6 +222,11 @@ def fw_download_len(cmd: Command, block: int = 0) -> int:
 
 def dsm_len(cmd: Command, block: int = 0) -> int:
     return (DSM_NR.get(cmd) + 1) * DSM_RANGE_SIZE
+
+
+def copy_len(cmd: Command, block: int = 0) -> int | None:
+    """Format 0h source ranges; other formats are not known here."""
+    return (COPY_NR.get(cmd) + 1) * COPY_RANGE_SIZE if DESFMT.get(cmd) == 0 else None
 
 
 def feature_len(cmd: Command, block: int = 0) -> int | None:

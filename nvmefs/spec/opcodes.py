@@ -106,7 +106,7 @@ _ROWS = [
     Opcode(IO, C.OP_IO_MGMT_RECV, "I/O Management Receive", READONLY),
     Opcode(IO, C.OP_RESV_RELEASE, "Reservation Release", effects=_CCC),
     Opcode(IO, C.OP_CANCEL, "Cancel", queue_mgmt=True),
-    Opcode(IO, C.OP_COPY, "Copy", effects=_LBCC),
+    Opcode(IO, C.OP_COPY, "Copy", effects=_LBCC, data_len=C.copy_len),
     Opcode(IO, C.OP_IO_MGMT_SEND, "I/O Management Send", effects=_CCC),
     Opcode(IO, C.OP_ZONE_MGMT_SEND, "Zone Management Send", effects=_LBCC),
     Opcode(IO, C.OP_ZONE_MGMT_RECV, "Zone Management Receive", READONLY),

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from . import discovery, features, identify, logs, registers
+from . import cdq, discovery, features, identify, logs, registers
 from .fields import Layout, kv_text
 
 FORMATS = ("raw", "json", "txt")
@@ -71,6 +71,8 @@ RENDERERS: dict[str, Renderer] = {r.kind: r for r in [
     Renderer("feature", "Get Features value", 4, features.decode_feature),
     Renderer("regs", "Controller Registers", registers.REGISTERS_SIZE,
              lambda raw, ctx: registers.decode_registers(raw), registers.text_registers),
+    Renderer("udmq", "User Data Migration Queue entries", cdq.ENTRY_SIZE,
+             lambda raw, ctx: [cdq.decode_entry(e) for e in cdq.EntryStream.whole(raw)]),
 ]}
 
 

@@ -17,8 +17,8 @@ async def test_one_directory_per_controller():
     async with mounted_ops("sim:size=64M", "sim:size=64M,namespaces=2") as (ops, ctrls):
         assert await listing(ops, "") == ["nvme0", "nvme1"]
         assert await listing(ops, "nvme0") == ["info", "identify", "identify.json", "identify.txt",
-                                               "log", "features", "ns", "passthru", "reset",
-                                               "faults"]
+                                               "log", "features", "ns", "passthru", "cdq",
+                                               "events", "reset", "faults"]
         assert await listing(ops, "nvme1/ns") == ["1", "2"]
         sn0 = json.loads(await read_all(ops, "nvme0/identify.json"))["sn"]
         sn1 = json.loads(await read_all(ops, "nvme1/identify.json"))["sn"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import struct
 import subprocess
 
@@ -59,7 +60,8 @@ def test_the_same_tree_as_on_sim(mounted):
     d = mounted / "nvme0"
     assert sorted(os.listdir(mounted)) == ["nvme0"]
     assert sorted(os.listdir(d)) == sorted(["info", "identify", "identify.json", "identify.txt",
-                                            "log", "features", "ns", "passthru", "reset"])
+                                            "log", "features", "ns", "passthru", "cdq",
+                                            "events", "reset"])
     assert os.listdir(d / "ns") == ["1"]
     for page in ("error", "smart", "fw-slot", "effects"):
         assert (d / "log" / page).stat().st_size > 0
@@ -138,3 +140,49 @@ def test_nvmefs_list():
     r = subprocess.run(["nvmefs", "list"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.startswith("/dev/nvme0  QEMU NVMe Ctrl")
     assert "/dev/ng0n1" in r.stdout
+
+
+def events_after(root, action, timeout: float = 20) -> dict:
+    """The first event `events` shows after `action()` (an open before it, so only new)."""
+    fd = os.open(root / "events", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        action()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(timeout * 1000), f"no event within {timeout} s"
+        return json.loads(os.read(fd, 65536).splitlines()[0])
+    finally:
+        os.close(fd)
+
+
+def admin(root, text: str) -> None:
+    """Text requests through a private admin mailbox; every answer must be SUCCESS."""
+    fd = os.open(root / "passthru/admin.events", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    answers = (root / "passthru/admin.events").read_text().split()
+    assert [w for w in answers if w.startswith("name=")] == ["name=SUCCESS"] * text.count("\n")
+
+
+def test_events_show_a_smart_warning_the_kernel_reported_as_a_uevent(mounted):
+    """The kernel keeps the Asynchronous Event Requests and passes a SMART / Health event
+    on as a uevent (NVME_AEN); nvmefs reads the SMART log with RAE clear for it. QEMU
+    sends the event when the temperature threshold drops below its temperature, if the
+    host enabled it (the kernel enables only notices)."""
+    root = mounted / "nvme0"
+    admin(root, "opcode=0x09 cdw10=0x0b cdw11=0x102\n")           # + SMART temperature
+    try:
+        event = events_after(root, lambda: admin(root, "opcode=0x09 cdw10=0x04 cdw11=300\n"))
+    finally:
+        admin(root, "opcode=0x09 cdw10=0x04 cdw11=343\nopcode=0x09 cdw10=0x0b cdw11=0x100\n")
+    assert (event["source"], event["type_name"], event["info_name"], event["lid"]) == \
+        ("uevent", "smart", "temperature-threshold", 2)
+    assert event["aen"] == "0x00020101" and event["log"]["critical_warning"] & 2
+
+
+def test_cdq_through_a_kernel_without_the_ioctl_is_refused(mounted):
+    r = sh("echo 'create m entries=64' > nvme0/cdq/ctl", mounted, check=False)
+    assert r.returncode and b"Operation not supported" in r.stderr
+    assert os.listdir(mounted / "nvme0/cdq") == ["ctl"]

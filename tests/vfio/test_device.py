@@ -169,3 +169,23 @@ def test_the_contract_suite_on_vfio(bdf):
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert re.search(r"^6 passed", r.stdout, re.M), r.stdout[-500:]
+
+
+def test_events_and_cdq_on_qemus_controller(bdf, tmp_path):
+    """The driver keeps Asynchronous Event Requests and enables SMART events: QEMU's
+    temperature warning reaches `events` with its log page. QEMU 7.2's controller has
+    no Controller Data Queues: create is refused EOPNOTSUPP (Invalid Opcode)."""
+    from ..linux.test_tree import admin, events_after
+    mnt = tmp_path / "mnt"
+    with foreground(mnt, vfio(bdf), args=("--passthru", "all")):
+        root = mnt / "nvme0"
+        try:
+            event = events_after(root, lambda: admin(root, "opcode=0x09 cdw10=0x04 cdw11=300\n"))
+        finally:
+            admin(root, "opcode=0x09 cdw10=0x04 cdw11=343\n")
+        assert (event["source"], event["type_name"], event["info_name"], event["lid"]) == \
+            ("aer", "smart", "temperature-threshold", 2)
+        assert event["log"]["critical_warning"] & 2
+        r = sh("echo 'create m entries=64' > nvme0/cdq/ctl", mnt, check=False)
+        assert r.returncode and b"Operation not supported" in r.stderr
+    kernel(bdf)

@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from typing import Sequence
 
 import trio
 
+from ...spec import cdq as Q
 from ...spec import status
 from ...spec.opcodes import ADMIN
 from ...spec.queue import Completion
-from ..base import (
-    RESET_TIMEOUT,
-    Controller,
-    ControllerGone,
-    Request,
-    TransportError,
-)
+from ..base import RESET_TIMEOUT, Controller, Request
+from ..errors import ControllerGone, TransportError, Unsupported
 from .. import sysfs
+from ..cdq import DELETED, HostQueue
 from ..ffi import ffi, lib
+from . import cdq as kernel_cdq
 from .ring import Ring
+from .uevents import UeventSocket
+
+log = logging.getLogger(__name__)
 
 ADMIN_THREADS = 4           # ioctl mode: admin commands in flight at once
 
@@ -88,6 +90,7 @@ def completion(res: int, result: int, data: bytes, cid: int, what: str) -> Compl
 
 class LinuxController(Controller):
     backend = "linux"
+    cdq_poll = 0.005            # the kernel's CDQ file has no poll(): it is read this often
 
     def __init__(self, uri: str, index: int = 0):
         super().__init__(uri)
@@ -131,6 +134,49 @@ class LinuxController(Controller):
             await self.aclose()
             raise TransportError(str(e), e.errno) from None
         await nursery.start(self.ring.run)
+        nursery.start_soon(self._watch_uevents)
+
+    # ------------------------------------------------------------------ events, CDQs
+
+    async def _watch_uevents(self) -> None:
+        """The kernel keeps the Asynchronous Event Requests: what it tells of them (and
+        of namespaces coming and going) arrives as uevents (backends.linux.uevents).
+        An event naming a log page gets it read with RAE clear, which the kernel does
+        not do for SMART / Health events, so QEMU's controller can report them again."""
+        try:
+            sock = UeventSocket.open()
+        except OSError as e:
+            log.info("%s: no kernel uevents (%s): events will show none", self.sysname, e)
+            return
+        with sock:
+            async for ctrl, record in sock.events():
+                if ctrl in (self.sysname, ""):
+                    aen = record.get("aen")
+                    await self.publish_event(record, None if aen is None else int(aen, 16))
+
+    async def cdq_create(self, name: str, entries: int, cntlid: int,
+                         qt: int = Q.QT_UDMQ) -> tuple[Completion, HostQueue | None]:
+        """Through the RFC ioctl, where the kernel has it (backends.linux.cdq)."""
+        try:
+            res, cdqid, fd = await trio.to_thread.run_sync(kernel_cdq.create, self.fd, entries,
+                                                           cntlid, qt)
+        except OSError as e:
+            if e.errno == errno.ENOTTY:
+                raise Unsupported(kernel_cdq.unsupported_message(self.sysname)) from None
+            raise kernel_error(e.errno, f"{self.sysname}: Controller Data Queue") from None
+        if res:
+            return Completion(res & 0x7FFF), None
+        q = self.cdqs[name] = kernel_cdq.KernelQueue(self, name, cdqid, entries, fd, cntlid,
+                                                     self.cdq_poll)
+        self._nursery.start_soon(q.watch)
+        return Completion(dw0=cdqid), q
+
+    async def cdq_delete(self, q: HostQueue) -> Completion:
+        """Closing the queue's file deletes it (the kernel sends the command)."""
+        await trio.lowlevel.checkpoint()
+        q.end(DELETED)
+        self.cdqs.pop(q.name, None)
+        return Completion()
 
     async def aclose(self) -> None:
         for fd in [self.fd, *self.ng.values()]:

@@ -23,11 +23,16 @@ from typing import Awaitable, Sequence
 
 import trio
 
+from ...spec import status as S
+from ...spec.commands import OP_ASYNC_EVENT
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Command, Completion, from_fields
-from ..base import Controller, ControllerFatal, ControllerGone, Request
+from ..base import Controller, Request
+from ..errors import ControllerFatal, ControllerGone
+from ..cdq import Memory
+from .cdq import HostBuffers
 from .config import parse_uri
-from .device import Media, Result, SimDevice, open_stores
+from .device import AERL, Media, Result, SimDevice, open_stores
 from .faults import Fault, Faults, parse_fault
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("nvmefs_sim_arr
 
 class SimController(Controller):
     backend = "sim"
+    keeps_events = True
 
     def __init__(self, uri: str, index: int = 0):
         super().__init__(uri)
@@ -59,6 +65,10 @@ class SimController(Controller):
         cfg = self.config
         self._bare = bool(cfg.null and not cfg.io_latency and not cfg.command_log)
         self._closed = False
+        self.host = HostBuffers()           # the memory nvmefs, its host, lends it
+        self._aers = 0                      # Asynchronous Event Requests held
+        self._posted = trio.Event()         # set when the device has an event for them
+        self._generation = 0                # bumped by every reset
 
     async def _start(self, nursery: trio.Nursery) -> None:
         if self.config.path:
@@ -67,6 +77,8 @@ class SimController(Controller):
         else:
             stores = open_stores(self.config, self.index)
         self.device = SimDevice(self.config, trio.current_time, self.index, stores)
+        self.device.cdq.host = self.host
+        self.device.on_event = self._wake_events
 
     def info(self) -> dict[str, str]:
         return {"backend": "sim", "address": self.uri, "transport": "sim"}
@@ -83,7 +95,7 @@ class SimController(Controller):
         return self.device.command_log
 
     def set_temperature(self, kelvin: int) -> None:
-        self.device.temperature = kelvin
+        self.device.set_temperature(kelvin)
 
     def _check(self) -> None:
         if self.removed:
@@ -114,6 +126,8 @@ class SimController(Controller):
         cid = self._wire_cid(queue)
         if self._bare and queue == IO and not self.faults.rules:
             return self._completion(req, self.device.null_io(req.data_in_len))
+        if queue == ADMIN and req.cmd.opcode == OP_ASYNC_EVENT:
+            return self._async_event(req, cid)
         wire = req.cmd.with_cid(cid)
         fault = self.faults.take(queue, wire) if self.faults.rules else None
         takes = self.config.io_latency / 1000 if queue == IO else 0.0
@@ -128,6 +142,44 @@ class SimController(Controller):
                 return self._on_disk(req, wire, res)
             res = self._media_now(res)
         return self._completed(req, wire, res)
+
+    # ------------------------------------------------------------------ asynchronous events
+
+    def _wake_events(self) -> None:
+        self._posted.set()
+        self._posted = trio.Event()
+
+    async def _async_event(self, req: Request, cid: int) -> Completion:
+        """Asynchronous Event Request (§5.2): held until the device has an event; at
+        most AERL + 1 at once (then Asynchronous Event Request Limit Exceeded). A
+        reset ends the held ones (host-aborted, as the host sees it)."""
+        device = self.device
+        if self._aers > AERL:
+            return self._completion(req, Result(S.ASYNC_LIMIT, 0, bytes(req.data_in_len)))
+        self._aers += 1
+        generation = self._generation
+        try:
+            while not device.events:
+                await self._posted.wait()
+                self._check()
+                if self._generation != generation:
+                    return self._completion(req, Result(S.HOST_ABORTED, 0,
+                                                        bytes(req.data_in_len)))
+            dw0, dw1 = device.events.popleft()
+        finally:
+            self._aers -= 1
+        return self._completion(req, Result(S.SUCCESS, dw0, bytes(req.data_in_len)))._replace(
+            dw1=dw1)
+
+    # ------------------------------------------------------------------ Controller Data Queues
+
+    def _cdq_memory(self, size: int) -> Memory:
+        iova, ring = self.host.alloc(size)
+        return Memory(iova, ring, lambda: self.host.free(iova))
+
+    def cdq_counts(self, cdqid: int) -> dict[str, int]:
+        counts = self.device.cdq.statistics().get(cdqid, {})
+        return {k: counts[k] for k in ("posted", "lost") if k in counts}
 
     async def _execute(self, req: Request) -> Completion:
         started = self._begin(req)
@@ -218,11 +270,14 @@ class SimController(Controller):
             raise ControllerGone(f"{self.uri}: controller removed")
         self.fatal = False
         self._hung.clear()
+        self._generation += 1
+        self._wake_events()
         self._sqhd = {ADMIN: 0, IO: 0}
         self.device.controller_reset()
 
     async def aclose(self) -> None:
         self._closed = True         # no command starts from now on
+        self._wake_events()         # held event requests end
         device = self.device
         if device is not None:
             if device.file_backed:

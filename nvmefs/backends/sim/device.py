@@ -18,18 +18,22 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Union
 
+from ...spec import events as E
 from ...spec import features as F
 from ...spec import identify as ID
 from ...spec import logs as L
 from ...spec import status as S
-from ...spec.commands import NSID_ALL, log_page_fields, rw_fields
+from ...spec.commands import (COPY_NR, COPY_RANGE_SIZE, DESFMT, FID_CDQ, NSID_ALL,
+                              OP_ASYNC_EVENT, SDLBA, log_page_fields, rw_fields)
 from ...spec.logs import CCC, CSUPP, LBCC, NCC, NIC
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Command
+from .cdq import MAX_CDQS, CdqEngine
 from .config import SimConfig
 from .storage import FileStore, MemoryStore
 
@@ -63,6 +67,8 @@ FEATURE_NOT_PER_NS = S.make_status(S.CMD_SPECIFIC, 0x0F, dnr=True)
 OVERLAPPING_RANGE = S.make_status(S.CMD_SPECIFIC, 0x14, dnr=True)
 WRITE_FAULT = S.make_status(S.MEDIA, 0x80)
 READ_ERROR = S.make_status(S.MEDIA, 0x81)     # Unrecovered Read Error
+DSM_RANGE = struct.Struct("<IIQ")    # Dataset Management range (NVM Figure 43)
+SIZE_LIMIT = S.make_status(S.CMD_SPECIFIC, 0x83, dnr=True)    # Copy over MCL, MSSRL or MSRC
 
 # Dword fields spec has no helper for.
 # Format NVM CDW10 (Base 2.0 Figure 300): LBAF 3:0, MSET 4, PI 7:5, PIL 8, SES 11:9, LBAFU 13:12
@@ -85,6 +91,17 @@ THSEL_OVER, THSEL_UNDER = 0, 1
 MAX_WORKLOAD_HINT = 2
 NPSS = 2                                   # power states 0..2, the last non-operational
 NOPS_STATES = {2}                          # the PSD flagged PSD_FLAG_NOPS in id_ctrl
+AERL = 3                                   # 0's based: 4 Asynchronous Event Requests
+EVENTS_KEPT = 16                           # events waiting for an Asynchronous Event Request
+# Asynchronous Event Configuration bit (Figure 330) that enables an event (type, info)
+AEC_BIT = {(E.TYPE_SMART, E.SMART_SPARE): 0, (E.TYPE_SMART, E.SMART_TEMPERATURE): 1,
+           (E.TYPE_SMART, E.SMART_RELIABILITY): 2, (E.TYPE_NOTICE, E.NOTICE_NS_CHANGED): 8,
+           (E.TYPE_NOTICE, E.NOTICE_FW_ACTIVATION): 9}
+# the event type a log page read with RAE clear lets the controller report again
+LOG_CLEARS = {0x01: E.TYPE_ERROR, 0x02: E.TYPE_SMART, 0x03: E.TYPE_NOTICE, 0x04: E.TYPE_NOTICE}
+# Copy source range entry (format 0h): SLBA at 8, NLB (0's based) at 16; the limits
+# Identify Namespace reports
+MSSRL, MCL, MSRC = 0x8000, 0x40000, 127
 
 
 def ok(data: bytes = b"", dw0: int = 0) -> Result:
@@ -118,16 +135,18 @@ class SimDevice:
         0x02: Op("get_log_page"), 0x06: Op("identify"), 0x08: Op("abort"),
         0x09: Op("set_features", CCC), 0x0A: Op("get_features"),
         0x10: Op("fw_commit", CCC | NIC | NCC), 0x11: Op("fw_download"),
-        0x14: Op("device_self_test"), 0x80: Op("format_nvm", LBCC | NCC | NIC | CSE_ONE_NS),
+        0x14: Op("device_self_test"), 0x3D: Op("track_send", CCC), 0x45: Op("controller_data_queue"),
+        0x80: Op("format_nvm", LBCC | NCC | NIC | CSE_ONE_NS),
     }
     LOGS = {0x00: "log_supported", 0x01: "log_error", 0x02: "log_smart", 0x03: "log_fw_slot",
             0x04: "log_changed_ns", 0x05: "log_effects", 0x06: "log_self_test",
             0x07: "log_telemetry_host", 0x08: "log_telemetry_ctrl"}
     # Identify Controller fields that decide which features exist (spec.features)
-    CAPS = dict(vwc=0x7, apsta=1, hmpre=0, oncs=0xDD, kas=0)
+    CAPS = dict(vwc=0x7, apsta=1, hmpre=0, oncs=0x1DD, kas=0)     # ONCS bit 8: Copy
     IO_OPS = {
         0x00: Op("flush"), 0x01: Op("write", LBCC), 0x02: Op("read"), 0x05: Op("compare"),
         0x08: Op("write_zeroes", LBCC), 0x09: Op("dsm", LBCC), 0x0C: Op("verify"),
+        0x19: Op("copy", LBCC),
     }
 
     def __init__(self, cfg: SimConfig, now: Callable[[], float], index: int = 0,
@@ -162,6 +181,13 @@ class SimDevice:
         self.command_log: deque[tuple[str, Command]] = deque(maxlen=cfg.command_log)
         self._id_ctrl: tuple[tuple[str, int], bytes] = (("", -1), b"")
         self._null = Result(S.SUCCESS, 0, b"")      # sim:null=1's result, for the last size
+        # asynchronous events (§5.2): (DW0, DW1) waiting for an Asynchronous Event Request;
+        # the types reported and not yet cleared by a log page read with RAE clear
+        self.events: deque[tuple[int, int]] = deque(maxlen=EVENTS_KEPT)
+        self.masked: set[int] = set()
+        self.events_masked = 0
+        self.on_event: Callable[[], None] = lambda: None
+        self.cdq = CdqEngine(index, self.raise_event)
 
     @property
     def file_backed(self) -> bool:
@@ -230,10 +256,42 @@ class SimDevice:
         """Controller Level Reset: features return to their saved values (§5.27.1),
         except the timestamp, which keeps counting; pending firmware activates."""
         self.activate_pending_firmware()
+        self.cdq.reset()
+        self.events.clear()
+        self.masked.clear()
         timestamp = self.features.get(0x0E)
         self.features = {fid: dict(v) for fid, v in self.saved.items()}
         if timestamp is not None:
             self.features[0x0E] = timestamp
+
+    # ------------------------------------------------------------------ asynchronous events
+
+    def raise_event(self, kind: int, info: int, lid: int, dw1: int = 0) -> None:
+        """An event for the next Asynchronous Event Request (§5.2): dropped unless the
+        Asynchronous Event Configuration enables it, and while its type is masked
+        (reported, and its log page not yet read with RAE clear). One-shot events
+        (TP4159) are neither configured nor masked."""
+        if kind != E.TYPE_ONE_SHOT:
+            bit = AEC_BIT.get((kind, info))
+            if bit is not None and not self.features[0x0B]["value"] >> bit & 1:
+                return
+            if kind in self.masked:
+                self.events_masked += 1
+                return
+            self.masked.add(kind)
+        self.events.append((E.encode_aen(kind, info, lid), dw1))
+        self.on_event()
+
+    def set_temperature(self, kelvin: int) -> None:
+        self.temperature = kelvin
+        self._check_temperature()
+
+    def _check_temperature(self) -> None:
+        """Past a threshold of feature 04h: a SMART / Health temperature event (QEMU
+        checks at every change of temperature or threshold, as here)."""
+        t = self.features[0x04]
+        if self.temperature >= t["over"] or self.temperature < t["under"]:
+            self.raise_event(E.TYPE_SMART, E.SMART_TEMPERATURE, 0x02)
 
     def record_error(self, queue: str, cmd: Command, status: int) -> None:
         self.error_count += 1
@@ -255,7 +313,8 @@ class SimDevice:
         return ID.encode_id_ctrl(dict(
             vid=0, ssvid=0, sn=c.serial, mn=c.model, fr=fr, rab=6, ieee=0, cmic=0, mdts=c.mdts,
             cntlid=self.index, ver=0x20000, oaes=0x300, cntrltype=1,
-            oacs=0x16, acl=3, aerl=3, frmw=0x16, lpa=0x2E, elpe=ERROR_ENTRIES - 1, npss=2,
+            oacs=0x816, acl=3, aerl=AERL, frmw=0x16, lpa=0x2E, elpe=ERROR_ENTRIES - 1, npss=2,
+            trattr=0x02, mcudmq=MAX_CDQS, mnsudmq=MAX_CDQS, mcmr=1,   # TP4159; OACS bit 11
             avscc=1, wctemp=343, cctemp=353, mtfa=0, edstt=1,
             tnvmcap=tnvmcap, sqes=0x66, cqes=0x44, nn=MAX_NAMESPACES,
             subnqn=f"nqn.2024-01.io.nvmefs:sim:{c.serial}", **self.CAPS),
@@ -269,6 +328,7 @@ class SimDevice:
         return ID.encode_id_ns(dict(
             nsze=ns.blocks, ncap=ns.blocks, nuse=ns.blocks, nlbaf=len(LBA_FORMATS) - 1,
             flbas=ns.lbaf, dlfeat=1, nvmcap=ns.blocks * ns.block_size,
+            mssrl=MSSRL, mcl=MCL, msrc=MSRC,
             nguid=digest[:16].hex(), eui64=digest[16:24].hex()),
             [dict(ds=ds) for ds in LBA_FORMATS])
 
@@ -307,6 +367,8 @@ class SimDevice:
         if offset % 4:
             return fail(S.INVALID_FIELD)
         data = getattr(self, self.LOGS[lid])(lsp, rae, cmd.nsid)
+        if not rae:
+            self.masked.discard(LOG_CLEARS.get(lid))
         if offset >= len(data) and offset:
             return fail(S.INVALID_FIELD)
         return ok(data[offset:offset + length])
@@ -340,7 +402,8 @@ class SimDevice:
         return data
 
     def log_effects(self, lsp: int, rae: bool, nsid: int) -> bytes:
-        return L.encode_effects({o: CSUPP | op.effects for o, op in self.ADMIN_OPS.items()},
+        return L.encode_effects({OP_ASYNC_EVENT: CSUPP,     # the queue layer holds these
+                                 **{o: CSUPP | op.effects for o, op in self.ADMIN_OPS.items()}},
                                 {o: CSUPP | op.effects for o, op in self.IO_OPS.items()})
 
     def log_self_test(self, lsp: int, rae: bool, nsid: int) -> bytes:
@@ -413,6 +476,9 @@ class SimDevice:
 
     def get_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, sel = cmd.cdw10 & 0xFF, cmd.cdw10 >> 8 & 0x7
+        if fid == FID_CDQ:
+            status, dw0, data = self.cdq.get_feature(cmd)
+            return Result(status, dw0, data)
         if fid not in self.features or sel > F.SEL_SUPPORTED:
             return fail(S.INVALID_FIELD)
         st = self._feature_ns(fid, cmd.nsid, setting=False)
@@ -469,6 +535,8 @@ class SimDevice:
 
     def set_features(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         fid, save = cmd.cdw10 & 0xFF, bool(cmd.cdw10 >> 31)
+        if fid == FID_CDQ:
+            return fail(self.cdq.set_feature(cmd))
         if fid not in self.features:
             return fail(S.INVALID_FIELD)
         st = self._feature_ns(fid, cmd.nsid, setting=True)
@@ -500,6 +568,8 @@ class SimDevice:
         self.features[fid] = value
         if save:
             self.saved[fid] = dict(value)
+        if fid == 0x04:
+            self._check_temperature()
         return ok(dw0=0)
 
     # ------------------------------------------------------------------ firmware, self-test, format
@@ -546,6 +616,7 @@ class SimDevice:
             self.next_slot = slot
         elif action == FW_CA_REPLACE_NOW:
             self.active_slot, self.next_slot = slot, 0
+            self.raise_event(E.TYPE_NOTICE, E.NOTICE_FW_ACTIVATION, 0x03)
         return ok()
 
     def activate_pending_firmware(self) -> None:
@@ -603,6 +674,7 @@ class SimDevice:
                 ns.blocks = ns.store.size // ns.block_size
                 if ns.nsid not in self.changed_ns:
                     self.changed_ns.append(ns.nsid)
+            self.raise_event(E.TYPE_NOTICE, E.NOTICE_NS_CHANGED, 0x04)
             return ok()
         return Media(run, done, S.INTERNAL)
 
@@ -642,10 +714,13 @@ class SimDevice:
         if len(data_out) < length:
             return fail(S.DATA_XFER_ERROR)
         store, data = ns.store, memoryview(data_out)[:length]
+        slba, nlb = rw_fields(cmd)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
             self.counters["bytes_written"] += length
+            if self.cdq.tracking:
+                self.cdq.log(cmd.nsid, [(slba, nlb - 1)])
             return ok()
         return Media(lambda: store.write(offset, data), done, WRITE_FAULT)
 
@@ -668,9 +743,12 @@ class SimDevice:
         if ns is None:
             return fail(st)
         store = ns.store
+        slba, nlb = rw_fields(cmd)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
+            if self.cdq.tracking:
+                self.cdq.log(cmd.nsid, [(slba, nlb - 1)])
             return ok()
         return Media(lambda: store.zero(offset, length), done, WRITE_FAULT)
 
@@ -693,21 +771,88 @@ class SimDevice:
         nr = (cmd.cdw10 & 0xFF) + 1
         if len(data_out) < nr * 16:
             return fail(S.DATA_XFER_ERROR)
-        ranges = []
-        for i in range(nr):        # Figure 43 (NVM): context attributes, NLB, SLBA
-            r = data_out[16 * i: 16 * i + 16]
-            nlb, slba = int.from_bytes(r[4:8], "little"), int.from_bytes(r[8:16], "little")
-            if slba + nlb > ns.blocks:
-                return fail(S.LBA_RANGE)
-            ranges.append((slba * ns.block_size, nlb * ns.block_size))
+        # Figure 43 (NVM): context attributes, NLB, SLBA
+        ranges = [(slba, nlb) for _, nlb, slba in DSM_RANGE.iter_unpack(data_out[:nr * 16])]
+        if any(slba + nlb > ns.blocks for slba, nlb in ranges):
+            return fail(S.LBA_RANGE)
         if not cmd.cdw11 & DSM_AD:
             return ok()             # attributes only: nothing to do
-        store = ns.store
+        store, block = ns.store, ns.block_size
 
         def run() -> None:
-            for offset, length in ranges:
-                store.zero(offset, length)
-        return Media(run, lambda _: ok(), WRITE_FAULT)
+            for slba, nlb in ranges:
+                store.zero(slba * block, nlb * block)
+
+        def done(_: None) -> Result:
+            if self.cdq.tracking:
+                self.cdq.log(cmd.nsid, _runs(ranges), dlba=True)
+            return ok()
+        return Media(run, done, WRITE_FAULT)
+
+    def copy(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+        """Copy (NVM §3.2.2), source range entries format 0h, within one namespace."""
+        ns = self.namespaces.get(cmd.nsid)
+        if ns is None:
+            return fail(S.INVALID_NS)
+        nr = COPY_NR.get(cmd) + 1
+        if DESFMT.get(cmd):
+            return fail(S.INVALID_FIELD)
+        if nr > MSRC + 1:
+            return fail(SIZE_LIMIT)
+        if len(data_out) < nr * COPY_RANGE_SIZE:
+            return fail(S.DATA_XFER_ERROR)
+        sources = []
+        for i in range(nr):
+            r = data_out[COPY_RANGE_SIZE * i: COPY_RANGE_SIZE * (i + 1)]
+            slba, nlb = int.from_bytes(r[8:16], "little"), int.from_bytes(r[16:18], "little") + 1
+            if nlb > MSSRL:
+                return fail(SIZE_LIMIT)
+            if slba + nlb > ns.blocks:
+                return fail(S.LBA_RANGE)
+            sources.append((slba, nlb))
+        sdlba, total = SDLBA.get(cmd), sum(n for _, n in sources)
+        if total > MCL:
+            return fail(SIZE_LIMIT)
+        if sdlba + total > ns.blocks:
+            return fail(S.LBA_RANGE)
+        store, block = ns.store, ns.block_size
+
+        def run() -> None:
+            data = b"".join(store.read(slba * block, nlb * block) for slba, nlb in sources)
+            store.write(sdlba * block, data)
+
+        def done(_: None) -> Result:
+            self.counters["writes"] += 1
+            self.counters["bytes_written"] += total * block
+            if self.cdq.tracking:
+                self.cdq.log(cmd.nsid, [(sdlba, total - 1)])
+            return ok()
+        return Media(run, done, WRITE_FAULT)
+
+    # ------------------------------------------------------------------ Controller Data Queues
+
+    def controller_data_queue(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        status, cdqid = self.cdq.create(cmd)
+        return Result(status, cdqid)
+
+    def track_send(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        return fail(self.cdq.track_send(cmd))
+
+
+def _runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(SLBA, NLB 0's based) of the runs of adjacent ranges (SLBA, NLB), in order."""
+    runs: list[tuple[int, int]] = []
+    end = -1
+    for slba, nlb in ranges:
+        if not nlb:
+            continue
+        if slba == end:
+            first, _ = runs[-1]
+            runs[-1] = (first, slba + nlb - first - 1)
+        else:
+            runs.append((slba, nlb - 1))
+        end = slba + nlb
+    return runs
 
 
 def open_stores(cfg: SimConfig, index: int) -> list[MemoryStore | FileStore]:

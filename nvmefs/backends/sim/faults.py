@@ -22,7 +22,9 @@ required for delay, seconds (`0.5`) or milliseconds (`500ms`), and for status:
 a 15-bit status number as completions show it (SCT bits 10:8, SC 7:0, DNR bit
 14: `0x4281`) or a status name (`READ_ERROR`, `INVALID_FIELD`, optionally with
 `+dnr`). The other kinds take no ARG. `describe` gives a rule back in this form. A
-control text (`Faults.apply`) is such rules and `clear` lines.
+control text (`Faults.apply`) is such rules, `clear` lines, and conditions of
+the controller: `temperature:KELVIN` sets its composite temperature (past a
+threshold of feature 04h: a critical warning and a SMART / Health event).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ QUEUES = (ADMIN, IO)
 MAX_DELAY = 600.0            # seconds: a delay fault never holds a command longer
 MAX_COUNT = 0xFFFFFFFF
 MAX_RULES = 256              # active rules per controller
+TEMPERATURE = (200, 400)     # kelvin a `temperature:` line may set
 _ANY = ("*", "any")
 
 
@@ -132,6 +135,17 @@ def _status(text: str) -> int:
             from None
 
 
+def _temperature(text: str) -> int:
+    lo, hi = TEMPERATURE
+    try:
+        kelvin = int(text.strip(), 0)
+    except ValueError:
+        kelvin = -1
+    if not lo <= kelvin <= hi:
+        raise FaultError(f"temperature:KELVIN takes {lo}..{hi}, not {text.strip()!r}")
+    return kelvin
+
+
 def parse_fault(text: str) -> Fault:
     """One rule from `KIND:QUEUE:OPCODE:COUNT[:ARG]`; FaultError if it is not one."""
     words = text.strip().split(":")
@@ -169,19 +183,25 @@ class Faults:
         """Arm a rule: inject("delay", queue="io", opcode=0x02, delay=0.5, count=3)."""
         return self.add(Fault(kind, **kwargs))
 
-    def apply(self, text: str) -> None:
-        """Carry out a control text: one rule or `clear` per line (blank lines are
-        skipped), in order. All or nothing: a bad line (FaultError) or more rules
-        than fit (FaultsFull) changes nothing."""
+    def apply(self, text: str) -> dict[str, int]:
+        """Carry out a control text: one rule, `clear` or condition per line (blank
+        lines are skipped), in order; the conditions set (`temperature`) are
+        returned for the controller. All or nothing: a bad line (FaultError) or
+        more rules than fit (FaultsFull) changes nothing."""
         rules = list(self.rules)
+        conditions: dict[str, int] = {}
         for line in text.splitlines():
-            if line.strip().lower() == "clear":
+            word = line.strip().lower()
+            if word == "clear":
                 rules.clear()
-            elif line.strip():
+            elif word.startswith("temperature:"):
+                conditions["temperature"] = _temperature(word.partition(":")[2])
+            elif word:
                 rules.append(parse_fault(line))
         if len(rules) > MAX_RULES:
             raise FaultsFull(f"at most {MAX_RULES} faults can be armed")
         self.rules[:] = rules
+        return conditions
 
     def take(self, queue: str, cmd: Command) -> Fault | None:
         """The first rule matching this command, used up once."""

@@ -129,6 +129,12 @@ class MemoryStore:
             pos += n
 
     def zero(self, offset: int, length: int) -> None:
+        index, start = divmod(offset, CHUNK)
+        if length < CHUNK and start + length <= CHUNK:     # inside one chunk: no span walk
+            chunk = self._chunks.get(index)
+            if chunk is not None:
+                chunk[start:start + length] = bytes(length)
+            return
         if length >= CHUNK and len(self._chunks) < length // CHUNK:
             self._zero_sparse(offset, length)       # fewer chunks than the range spans
             return

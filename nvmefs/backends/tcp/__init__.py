@@ -37,7 +37,8 @@ from ...spec.identify import CNS_CTRL, IDENTIFY_SIZE, decode_id_ctrl
 from ...spec.opcodes import ADMIN
 from ...spec.passthru import MAX_DATA_LEN
 from ...spec.queue import Command, Completion
-from ..base import Controller, ControllerFatal, ControllerGone, Request, TransportError, spread
+from ..base import Controller, Request, spread
+from ..errors import ControllerFatal, ControllerGone, TransportError
 from .host import identity
 from .queue import Batch, Lost, TcpQueue
 

@@ -51,10 +51,20 @@ class VfioBackend(VfioController):
         device, opts = parse_uri(uri)
         super().__init__(uri, transport_for(device, opts, index), queues=opts["queues"],
                          depth=opts["depth"], dma=opts["dma"], poll=bool(opts["poll"]))
+        self.model = getattr(self.transport, "sim", None)      # vfio:sim: the sim behind
+        if self.model is not None:
+            self.cdq_poll = None            # the model's events always come
 
     @property
     def faults(self):
         """The model's fault injection (the sim's), for `faults`; None on a real device."""
-        return getattr(getattr(self.transport, "sim", None), "faults", None)
+        return getattr(self.model, "faults", None)
+
+    def set_temperature(self, kelvin: int) -> None:
+        """The model's composite temperature (the sim's), for `faults`."""
+        self.model.set_temperature(kelvin)
+
+    def cdq_counts(self, cdqid: int) -> dict[str, int]:
+        return self.model.cdq_counts(cdqid) if self.model is not None else {}
 
 

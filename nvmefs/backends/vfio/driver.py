@@ -3,7 +3,8 @@
 Bring-up follows Base 2.0 §3.5.1: disable (CC.EN 0, CSTS.RDY 0), admin queue
 (AQA, ASQ, ACQ), CC (MPS, IOSQES, IOCQES, CSS), enable and wait for RDY (both
 waits bounded by CAP.TO), Set Features Number of Queues, then the I/O CQs and
-SQs, then Asynchronous Event Requests kept outstanding.
+SQs; then (backends.base) Asynchronous Event Requests kept outstanding.
+Controller Data Queues live in the DMA pool.
 
 The hot path is in C (ffi/build_nvme.py): a batch's entries go into a
 submission queue with one doorbell write, and completions land in the batch's
@@ -25,7 +26,6 @@ import itertools
 import logging
 import math
 import struct
-from collections import deque
 from typing import Any, NamedTuple, Sequence
 
 import trio
@@ -35,15 +35,9 @@ from ...spec import registers as R
 from ...spec import status
 from ...spec.opcodes import ADMIN
 from ...spec.queue import Completion, from_fields
-from ..base import (
-    RESET_TIMEOUT,
-    Controller,
-    ControllerFatal,
-    ControllerGone,
-    Request,
-    TransportError,
-    spread,
-)
+from ..base import RESET_TIMEOUT, Controller, Request, spread
+from ..errors import ControllerFatal, ControllerGone, TransportError
+from ..cdq import Memory
 from ..ffi import ffi, lib
 from .dma import PAGE, Allocation, DmaPool
 from .transport import Transport
@@ -53,7 +47,6 @@ log = logging.getLogger(__name__)
 SQE, CQE = 64, 16                   # bytes (Base 2.0 §4.1, §4.2): IOSQES 6, IOCQES 4
 SLOT = struct.Struct("=QQiHH")      # struct nvmefs_slot: batch (a pointer), result, res, qid, cid
 ADMIN_ENTRIES = 64
-AER_OUTSTANDING = 4                 # at most AERL + 1 (§5.2)
 ABORT_GRACE = 1.0                   # seconds an aborted command has to come back
 SHUTDOWN_TIMEOUT = 10.0             # seconds for SHST, unless RTD3E says longer (§3.6.2)
 REGISTER_POLL = 0.001               # seconds between reads of CSTS while waiting on it
@@ -131,6 +124,8 @@ def _layout(reqs: Sequence[Request]) -> Layout:
 
 class VfioController(Controller):
     backend = "vfio"
+    keeps_events = True
+    cdq_poll = 0.005        # QEMU's TP4159 controller masks its one-shot events after the first
 
     def __init__(self, uri: str, transport: Transport, *, queues: int, depth: int, dma: int,
                  poll: bool = False):
@@ -152,9 +147,8 @@ class VfioController(Controller):
         self._reaped = ffi.new("int *")
         self.gone = False
         self.vectors = 0
-        self.events: deque[dict[str, int]] = deque(maxlen=64)
         self.counts = dict.fromkeys(("aborts", "aborts_confirmed", "cfs", "shutdowns",
-                                     "function_resets", "aer"), 0)
+                                     "function_resets"), 0)
 
     def info(self) -> dict[str, str]:
         return {"backend": "vfio", "address": self.transport.address, "transport": "pcie",
@@ -215,8 +209,6 @@ class VfioController(Controller):
         if self.poll or not self.vectors:
             nursery.start_soon(self._poll)
         await self._bring_up()
-        for _ in range(AER_OUTSTANDING):
-            nursery.start_soon(self._events)
 
     @property
     def io_depth(self) -> int:
@@ -571,30 +563,26 @@ class VfioController(Controller):
             for q in self.queues:
                 self._cancel(q, -errno.ENODEV)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ events, CDQ memory
 
-    async def _events(self) -> None:
-        """One Asynchronous Event Request kept outstanding (§5.2): each event is
-        recorded and its log page read with RAE clear, which re-enables it."""
-        while not self.gone:
-            await self._live.wait()
-            try:
-                cpl = await self._command(C.command(C.OP_ASYNC_EVENT), timeout=math.inf)
-            except TransportError:
-                return
-            if cpl.status == status.HOST_ABORTED:
-                continue            # a reset ended it: send another once live
-            if not cpl.ok:
-                return              # Asynchronous Event Request Limit Exceeded: enough are out
-            kind, info, lid = cpl.dw0 & 0x7, cpl.dw0 >> 8 & 0xFF, cpl.dw0 >> 16 & 0xFF
-            self.counts["aer"] += 1
-            self.events.append({"type": kind, "info": info, "lid": lid})
-            log.info("%s: asynchronous event type %d info %#x log page %#x", self.uri, kind,
-                     info, lid)
-            try:
-                await self.get_log(lid, 4, rae=False)
-            except TransportError:
-                return
+    async def _wait_serving(self) -> None:
+        await self._live.wait()
+
+    async def _held(self, cmd) -> Completion:
+        return await self._command(cmd, timeout=math.inf)
+
+    def _cdq_memory(self, size: int) -> Memory:
+        """A Controller Data Queue's ring in the DMA pool, zeroed (phase tags 0)."""
+        a = self.pool.alloc_nowait(size) if self.pool is not None else None
+        if a is None:
+            raise TransportError(f"{self.uri}: no {size} bytes of DMA memory free for the "
+                                 "queue (the dma= option)", errno.ENOMEM)
+        ffi.memmove(a.host, bytes(a.size), a.size)
+
+        def release() -> None:
+            if self.pool is not None:       # else closed: the pool went as a whole
+                self.pool.free(a)
+        return Memory(a.iova, memoryview(ffi.buffer(a.host, size)), release)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -627,7 +615,8 @@ class VfioController(Controller):
 
     def statistics(self):
         stats = super().statistics()
-        stats.extra.update(self.counts, queues=len(self.io_q), vectors=self.vectors if
+        stats.extra.update(self.counts, aer=self.events.count, queues=len(self.io_q),
+                           vectors=self.vectors if
                            self.pool else 0, batches_in_flight=len(self.pending),
                            stray_completions=sum(q.c.stray for q in self.queues))
         if self.pool is not None:

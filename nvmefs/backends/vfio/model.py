@@ -28,9 +28,11 @@ from ...spec import registers as R
 from ...spec import status as S
 from ...spec.opcodes import ADMIN, IO, XFER_FROM_CTRL, XFER_TO_CTRL, direction, lookup
 from ...spec.queue import Command, Completion
-from ..base import ControllerFatal, ControllerGone, Request
+from ..base import Request
+from ..errors import ControllerFatal, ControllerGone
 from ..ffi import ffi
 from ..sim import SimController
+from ..sim.device import AERL
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,15 @@ class ModelTransport(Transport):
     async def open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         await self.sim.start(nursery)
+        self.sim.device.on_event = self._deliver_events
+        self.sim.device.cdq.host = self         # its queues are in the host's mapped memory
+
+    def view(self, iova: int, size: int) -> Any:
+        """Host memory at `iova` for the sim's Controller Data Queues."""
+        try:
+            return self._host(iova, size)
+        except Unreachable:
+            raise LookupError(f"{iova:#x} is not mapped") from None
 
     def info(self) -> dict[str, str]:
         return {"address": self.address, "driver": "model"}
@@ -238,12 +249,12 @@ class ModelTransport(Transport):
         self._fired[vector] = True
         self._wake[vector].set()
 
-    def _post(self, sq: _SQ, cid: int, status: int, dw0: int = 0, fire: set[int] | None = None
-              ) -> None:
+    def _post(self, sq: _SQ, cid: int, status: int, dw0: int = 0, fire: set[int] | None = None,
+              dw1: int = 0) -> None:
         cq = sq.cq
         if sq.qid not in self.sqs:
             return                  # deleted meanwhile (reset)
-        entry = Completion(status, dw0, 0, sq.head, sq.qid, cid).encode(cq.phase)
+        entry = Completion(status, dw0, dw1, sq.head, sq.qid, cid).encode(cq.phase)
         self._host(cq.iova + cq.tail * 16, 16)[:] = entry
         cq.tail += 1
         if cq.tail == cq.entries:
@@ -347,8 +358,18 @@ class ModelTransport(Transport):
         self._post(sq, cmd.cid, S.SUCCESS, 0, fire)
 
     def _async_event(self, sq: _SQ, cmd: Command, fire: set[int]) -> None:
-        """Held until an event (the sim raises none yet) or a reset."""
+        """Held until the sim has an event, or a reset; at most AERL + 1 (§5.2)."""
+        if len(self._aers) > AERL:
+            return self._post(sq, cmd.cid, S.ASYNC_LIMIT, fire=fire)
         self._aers.append((sq, cmd.cid))
+        self._deliver_events()
+
+    def _deliver_events(self) -> None:
+        events = self.sim.device.events
+        while self._aers and events:
+            sq, cid = self._aers.pop(0)
+            dw0, dw1 = events.popleft()
+            self._post(sq, cid, S.SUCCESS, dw0, dw1=dw1)
 
     _ADMIN_OWN = {C.OP_CREATE_IO_CQ: _create_cq, C.OP_CREATE_IO_SQ: _create_sq,
                   C.OP_SET_FEATURES: _set_features, C.OP_ABORT: _abort,
