@@ -292,6 +292,16 @@ class Controller(ABC):
             await self.publish_event({"source": "aer", **E.decode_aen(cpl.dw0, cpl.dw1)},
                                      cpl.dw0)
 
+    def _explain(self, lid: int, data: bytes) -> Any:
+        """The decoded page; None where the controller's bytes do not decode (logged:
+        a controller's data never ends the mount)."""
+        kind = LOG_PAGES[lid].kind if lid in LOG_PAGES else None
+        try:
+            return decode(kind, data, {"name": self.name}) if kind else None
+        except Exception:               # noqa: BLE001: any decoder failure
+            log.exception("%s: log page %#04x of an event does not decode", self.uri, lid)
+            return None
+
     async def _held(self, cmd: Command) -> Completion:
         """An admin command the controller answers when it has news: no timeout, not
         counted in `statistics`."""
@@ -314,9 +324,10 @@ class Controller(ABC):
             except TransportError as e:
                 log.warning("%s: log page %#04x of an event: %s", self.uri, lid, e)
             else:
-                kind = LOG_PAGES[lid].kind if lid in LOG_PAGES else None
-                if page.ok and lid in E.EXPLAINING_LOGS and kind:
-                    record["log"] = decode(kind, page.data, {"name": self.name})
+                decoded = self._explain(lid, page.data) if page.ok and \
+                    lid in E.EXPLAINING_LOGS else None
+                if decoded is not None:
+                    record["log"] = decoded
         log.info("%s: event %s %s", self.uri, record["type_name"], record.get("info_name", ""))
         self.events.publish(record)
 

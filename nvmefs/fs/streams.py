@@ -8,12 +8,15 @@ instead of waiting.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import trio
 from pyfuse3 import FUSEError
 
 from .nodes import Handle, Tree
+
+log = logging.getLogger(__name__)
 
 POLLIN = 0x1
 STREAM_WAIT = 24 * 3600.0       # seconds one read waits for a record, then ETIMEDOUT
@@ -80,7 +83,10 @@ class StreamHandle(Handle):
         async def notify() -> None:
             with scope:
                 await event.wait()
-                poll_handle.notify()
+                try:
+                    poll_handle.notify()
+                except OSError as e:            # the kernel forgot the poll: nothing to tell
+                    log.debug("poll notify: %s", e)
         self.tree.nursery.start_soon(notify)
 
     async def release(self) -> None:

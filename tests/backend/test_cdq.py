@@ -213,3 +213,10 @@ async def test_events_carry_the_log_page_that_explains_them(device):
         c.set_temperature(370)
         await trio.sleep(0.05)
         assert c.events.count == 3 and c.statistics().extra["events"] == 3
+
+
+async def test_a_page_that_does_not_decode_leaves_the_event_without_it():
+    async with controller("sim") as c:
+        assert c._explain(0x02, b"\x01\x02") is None       # too short for SMART: logged
+        await c.publish_event({"source": "aer", "type_name": "smart"}, dw0=0x020101)
+        assert json.loads(c.events.since(0)[0][-1])["log"]["temperature"] > 0

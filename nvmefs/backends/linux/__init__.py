@@ -149,10 +149,14 @@ class LinuxController(Controller):
             log.info("%s: no kernel uevents (%s): events will show none", self.sysname, e)
             return
         with sock:
-            async for ctrl, record in sock.events():
-                if ctrl in (self.sysname, ""):
-                    aen = record.get("aen")
-                    await self.publish_event(record, None if aen is None else int(aen, 16))
+            try:
+                async for ctrl, record in sock.events():
+                    if ctrl in (self.sysname, ""):
+                        aen = record.get("aen")
+                        await self.publish_event(record, None if aen is None else int(aen, 16))
+            except OSError as e:
+                log.warning("%s: kernel uevents ended (%s): events will show no more",
+                            self.sysname, e)
 
     async def cdq_create(self, name: str, entries: int, cntlid: int,
                          qt: int = Q.QT_UDMQ) -> tuple[Completion, HostQueue | None]:

@@ -13,15 +13,18 @@ while the command runs), and the vfio backend is the way.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 from typing import TYPE_CHECKING
 
 from ...spec import cdq as Q
-from ..cdq import LIVE, HostQueue, Memory
+from ..cdq import LIVE, LOST, HostQueue, Memory
 
 if TYPE_CHECKING:
     from ..base import Controller
+
+log = logging.getLogger(__name__)
 
 # struct nvme_cdq_cmd (RFC patch 7/8): entry_nr, entry_nbyte, cdq_id (out), cqs, mos,
 # 2 bytes padding, cdqp_offset, cdqp_mask, read_fd (out): 28 bytes
@@ -60,6 +63,10 @@ class KernelQueue(HostQueue):
                 self.pending += os.read(self.fd, self.entries * Q.ENTRY_SIZE)
             except BlockingIOError:
                 pass
+            except OSError as e:                # the kernel's queue failed: readers end
+                log.warning("%s: cdq %s: %s", self.ctrl.name, self.name, e)
+                self.end(LOST)
+                return True
         return bool(self.pending)
 
     def peek(self, limit: int) -> bytes:
