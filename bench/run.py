@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["tree", "passthru", "vm", "hardening", "floor", "cores", "vfio", "cdq"]
+BENCHES = ["tree", "passthru", "vm", "hardening", "floor", "cores", "vfio", "cdq", "metrics"]
 
 
 def main() -> int:

@@ -9,9 +9,7 @@ import os
 import select
 import sys
 
-import trio
-
-from . import __version__
+from . import __version__, fstab
 from .spec import render
 from .spec.passthru import POLICIES
 
@@ -44,7 +42,7 @@ def _size(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvmefs", description="NVMe controllers as a file tree.")
-    p.add_argument("--version", action="version", version=f"nvmefs {__version__}")
+    p.add_argument("--version", action="version", version=f"nvmefs {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount controllers at MOUNTPOINT")
@@ -100,6 +98,15 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--csi", type=lambda t: int(t, 0), default=0,
                    help="command set identifier (with --as effects)")
     d.add_argument("file", help="the raw bytes, or - for standard input")
+
+    k = sub.add_parser("completion", help="print a shell completion script")
+    k.add_argument("shell", choices=("bash",), help="the shell (bash)")
+
+    s = sub.add_parser("serve-metrics", help="serve MOUNTPOINT/metrics over HTTP (Prometheus)")
+    s.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="address to listen on, e.g. 127.0.0.1:9857, [::1]:9857, :9857 "
+                        "(port 0: any free port; the address is printed)")
+    s.add_argument("mountpoint", help="an nvmefs mount")
     return p
 
 
@@ -214,6 +221,26 @@ def cmd_vfio(args) -> int:
     return 0
 
 
+def cmd_serve_metrics(args) -> int:
+    from .metrics_server import main as serve
+    return serve(args.mountpoint, args.listen)
+
+
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib import metadata
+    try:
+        return metadata.version("nvmefs")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def cmd_completion(args) -> int:
+    from . import completion
+    sys.stdout.write(completion.bash(parser()))
+    return 0
+
+
 def cmd_umount(args) -> int:
     from .mount import MountError, unmount
     try:
@@ -249,7 +276,7 @@ def cmd_mount(args) -> int:
         return 1
     opts = MountOptions(os.path.abspath(args.mountpoint), devices, args.allow_other,
                         args.uid, args.gid, args.umask, args.passthru, args.others,
-                        args.max_buffer or MOUNT)
+                        args.max_buffer or MOUNT, flags=tuple(getattr(args, "flags", ())))
     try:
         prepare_mountpoint(opts.mountpoint, say)
     except MountError as e:
@@ -285,6 +312,8 @@ def cmd_mount(args) -> int:
 
 
 def _run(opts, ready, say) -> int:
+    import trio
+
     from .backends import TransportError
     from .mount import MountError, serve
     try:
@@ -318,9 +347,17 @@ def _wait_for_child(rfd: int, pid: int, mountpoint: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    if fstab.is_helper_form(argv, p._subparsers._group_actions[0].choices):
+        mount_args, flags = fstab.mount_argv(argv)     # nvmefs SOURCE MNT -o OPTS (mount(8))
+        args = p.parse_args(mount_args)
+        args.flags = flags
+    else:
+        args = p.parse_args(argv)
     commands = {"mount": cmd_mount, "umount": cmd_umount, "decode": cmd_decode, "list": cmd_list,
-                "vfio": cmd_vfio, "discover": cmd_discover}
+                "vfio": cmd_vfio, "discover": cmd_discover, "serve-metrics": cmd_serve_metrics,
+                "completion": cmd_completion}
     return commands[args.command](args)
 
 

@@ -24,6 +24,7 @@ import trio
 
 from . import fs
 from .backends import opened
+from .sdnotify import notify
 from .fs import interrupt
 from .fs.access import Access
 from .fs.budget import MOUNT
@@ -51,12 +52,13 @@ class MountOptions:
     passthru: str = "readonly"     # for the mounting user and root
     others: str = "info"           # for every other user (never more than passthru)
     max_buffer: int = MOUNT        # bytes of answers the whole mount may hold
+    flags: tuple[str, ...] = ()    # kernel mount flags (ro, noexec, noatime, ...) from -o
 
     def fuse_options(self) -> set[str]:
         opts = {f"fsname={FSNAME}", f"subtype={FSNAME}", "default_permissions", "nodev", "nosuid"}
         if self.allow_other:
             opts.add("allow_other")
-        return opts
+        return opts | set(self.flags)
 
 
 def _unescape(field: bytes) -> bytes:
@@ -184,8 +186,11 @@ async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
                     # ours: a daemon killed while it waits on its own mount could not exit)
                     await interrupt.confirm(os.path.join(opts.mountpoint, ctrls[0].name, "info"))
                     ready()
+                    notify("READY=1", f"STATUS=serving {opts.mountpoint}: " + ", ".join(
+                        f"{c.name} ({uri})" for c, uri in zip(ctrls, opts.devices)))
             finally:
                 if mounted:
+                    notify("STOPPING=1", f"STATUS=unmounting {opts.mountpoint}")
                     pyfuse3.close(unmount=True)
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import stat
+from collections import Counter
 from typing import Awaitable, Callable, Iterable
 
 import pyfuse3
@@ -174,6 +175,7 @@ class Tree:
         self.session_budget = session_budget    # answers one open mailbox may hold
         self.kept = Kept(self.memory, session_budget)   # mailboxes' last answers per user
         self.waiters = Waiters()                # handlers waiting for an event
+        self.passthru_batches: Counter[str] = Counter()     # by controller name (fs.metrics)
         self.nodes: dict[int, Node] = {}
         self._next_inode = pyfuse3.ROOT_INODE
 

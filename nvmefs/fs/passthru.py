@@ -238,6 +238,7 @@ class MailboxHandle(Handle):
         if batch.changes_namespaces:
             self.box.targets.begin_change()
         self.batches.append(batch)
+        self.box.tree.passthru_batches[self.box.ctrl.name] += 1
         self.box.tree.nursery.start_soon(self._run, batch)
 
     async def _run(self, batch: Batch) -> None:

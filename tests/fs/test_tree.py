@@ -15,7 +15,7 @@ from .conftest import Ctx, inode_of, listing, mounted_ops, open_file, read_all
 
 async def test_one_directory_per_controller():
     async with mounted_ops("sim:size=64M", "sim:size=64M,namespaces=2") as (ops, ctrls):
-        assert await listing(ops, "") == ["nvme0", "nvme1"]
+        assert await listing(ops, "") == ["nvme0", "nvme1", "metrics"]
         assert await listing(ops, "nvme0") == ["info", "identify", "identify.json", "identify.txt",
                                                "log", "features", "ns", "passthru", "cdq",
                                                "events", "reset", "faults"]

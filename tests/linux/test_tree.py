@@ -58,7 +58,7 @@ def test_smart_equals_nvme_cli_but_for_live_counters(mounted):
 
 def test_the_same_tree_as_on_sim(mounted):
     d = mounted / "nvme0"
-    assert sorted(os.listdir(mounted)) == ["nvme0"]
+    assert sorted(os.listdir(mounted)) == ["metrics", "nvme0"]
     assert sorted(os.listdir(d)) == sorted(["info", "identify", "identify.json", "identify.txt",
                                             "log", "features", "ns", "passthru", "cdq",
                                             "events", "reset"])

@@ -35,7 +35,7 @@ def test_shell_tour(mnt):
 
 def test_several_controllers(mnt):
     with foreground(mnt, "sim", "sim:namespaces=2,size=128M"):
-        assert sorted(os.listdir(mnt)) == ["nvme0", "nvme1"]
+        assert sorted(os.listdir(mnt)) == ["metrics", "nvme0", "nvme1"]
         serials = {json.loads((mnt / f"nvme{i}/identify.json").read_text())["sn"] for i in (0, 1)}
         assert len(serials) == 2
         assert sorted(os.listdir(mnt / "nvme1/ns")) == ["1", "2"]
