@@ -75,7 +75,8 @@ fuzz: setup
 CONTAINER_DEBS := podman runc mmdebstrap
 .PHONY: test-containers
 test-containers: setup
-	@missing=$$(for p in $(CONTAINER_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(CONTAINER_DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
