@@ -10,13 +10,16 @@ MNT := mnt
 DEBS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv liburing-dev jq xxd man-db \
 	qemu-system-x86 busybox-static nvme-cli fio systemd
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# the Debian packages of $(1) not installed (one removed but not purged counts as missing)
+missing_debs = $$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	| grep -q 'ok installed' || echo $$p; done)
 
 .PHONY: setup run stop test bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py ffi/build_nvme.py
-	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$(call missing_debs,$(DEBS)); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -75,8 +78,7 @@ fuzz: setup
 CONTAINER_DEBS := podman runc mmdebstrap
 .PHONY: test-containers
 test-containers: setup
-	@missing=$$(for p in $(CONTAINER_DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
-		| grep -q 'ok installed' || echo $$p; done); \
+	@missing=$(call missing_debs,$(CONTAINER_DEBS)); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
