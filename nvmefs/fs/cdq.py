@@ -27,7 +27,8 @@ from ..backends.base import Controller, Unsupported
 from ..backends.cdq import LIVE, HostQueue
 from ..spec import cdq as Q
 from ..spec import status
-from .nodes import Dir, File, Handle, Node, SnapshotFile, SnapshotHandle, StaticDir, wants_write
+from .nodes import (ControlFile, Dir, File, Handle, Node, SnapshotFile, StaticDir, require_all,
+                    wants_write)
 from .streams import STREAM_WAIT, StreamHandle
 from .views import text_lines
 
@@ -39,11 +40,6 @@ MAX_CTL = 4096                  # bytes of one ctl write
 # statuses a create may get, and the errno DESIGN §4 gives each
 CREATE_ERRNO = {status.code(status.INVALID_OPCODE): errno.EOPNOTSUPP,
                 status.code(status.NOT_ENOUGH_RESOURCES): errno.ENOSPC}
-
-
-def _require_all(tree, uid: int) -> None:
-    if tree.access.policy_for(uid) != "all":
-        raise FUSEError(errno.EACCES)
 
 
 def parse_create(line: str, default_cntlid: int) -> tuple[str, int, int]:
@@ -86,7 +82,7 @@ class CdqDir(Dir):
         return await super().lookup(name)
 
     async def rmdir(self, name: str, ctx) -> None:
-        _require_all(self.tree, ctx.uid)
+        require_all(self.tree, ctx.uid)
         q = self.ctrl.cdqs.get(name)
         if q is None:
             raise FUSEError(errno.ENOENT)
@@ -94,29 +90,6 @@ class CdqDir(Dir):
         if not cpl.ok:
             raise FUSEError(status.errno_of(cpl.status))
         self.forget_child(name)
-
-
-class ControlFile(File):
-    """Reads its `text()` (as it is at open); a write goes to `handle()`, for a writer
-    whose passthru policy is `all`."""
-    perm = 0o644
-    attr_timeout = 0.0          # the size follows the text
-    writable = True
-
-    def text(self) -> bytes:
-        raise NotImplementedError
-
-    def handle(self) -> Handle:
-        raise NotImplementedError
-
-    async def size(self) -> int:
-        return len(self.text())
-
-    async def open(self, flags: int, ctx) -> Handle:
-        if not wants_write(flags):
-            return SnapshotHandle(self.text())
-        _require_all(self.tree, ctx.uid)
-        return self.handle()
 
 
 class CtlFile(ControlFile):
@@ -181,7 +154,7 @@ class EntriesFile(File):
     async def open(self, flags: int, ctx) -> Handle:
         if wants_write(flags):
             raise FUSEError(errno.EACCES)
-        _require_all(self.tree, ctx.uid)
+        require_all(self.tree, ctx.uid)
         return EntriesHandle(self, flags)
 
 
@@ -207,7 +180,7 @@ class EntriesHandle(StreamHandle):
 
     async def produce(self, size: int) -> bytes:
         if not self.decoded:
-            return await self.take(size // Q.ENTRY_SIZE)
+            return await self.q.take(size // Q.ENTRY_SIZE)
         # only the entries whose lines fit are taken: a taken entry is never left
         # half read in an open that may be closed
         lines = Q.json_lines(self.q.peek(size // Q.MIN_LINE + 1))
@@ -217,14 +190,9 @@ class EntriesHandle(StreamHandle):
             n += 1
         if lines and not n:
             raise FUSEError(errno.EINVAL)           # too small for the next line
-        await self.take(n)
+        await self.q.take(n)
         return "".join(lines[:n]).encode()
 
-    async def take(self, n: int) -> bytes:
-        try:
-            return await self.q.take(n)
-        except OSError as e:
-            raise FUSEError(e.errno) from None
 
 
 class TrackFile(ControlFile):

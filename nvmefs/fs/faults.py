@@ -25,15 +25,13 @@ from typing import Callable
 
 from ..backends.base import Controller
 from ..backends.sim.faults import FaultError, Faults, FaultsFull
-from .nodes import File, Handle, Node, SnapshotHandle, wants_write
+from .nodes import ControlFile, Handle, Node, SnapshotHandle
 
 MAX_WRITE = 64 * 1024       # bytes one write may hold: a control file, not a data path
 
 
-class FaultsFile(File):
+class FaultsFile(ControlFile):
     """The control file over a sim controller's `Faults` (`SimController.faults`)."""
-    perm = 0o644
-    attr_timeout = 0.0          # the size follows the armed faults
 
     def __init__(self, faults: Faults, set_temperature: Callable[[int], None],
                  name: str = "faults"):
@@ -41,18 +39,11 @@ class FaultsFile(File):
         self.faults = faults
         self.set_temperature = set_temperature
 
-    def listing(self) -> bytes:
+    def text(self) -> bytes:
         return self.faults.describe().encode()
 
-    async def size(self) -> int:
-        return len(self.listing())
-
-    async def open(self, flags: int, ctx) -> Handle:
-        if not wants_write(flags):
-            return SnapshotHandle(self.listing())
-        if self.tree.access.policy_for(ctx.uid) != "all":
-            raise FUSEError(errno.EACCES)
-        return FaultsHandle(self.faults, self.set_temperature, self.listing())
+    def handle(self) -> Handle:
+        return FaultsHandle(self.faults, self.set_temperature, self.text())
 
 
 class FaultsHandle(SnapshotHandle):

@@ -88,6 +88,36 @@ def wants_write(flags: int) -> bool:
     return flags & os.O_ACCMODE != os.O_RDONLY
 
 
+class ControlFile(File):
+    """Reads its `text()` (as it is at open); a write goes to `handle()`, for a writer
+    whose passthru policy is `all`."""
+    perm = 0o644
+    attr_timeout = 0.0          # the size follows the text
+    writable = True
+
+    def text(self) -> bytes:
+        raise NotImplementedError
+
+    def handle(self) -> Handle:
+        raise NotImplementedError
+
+    async def size(self) -> int:
+        return len(self.text())
+
+    async def open(self, flags: int, ctx) -> Handle:
+        if not wants_write(flags):
+            return SnapshotHandle(self.text())
+        require_all(self.tree, ctx.uid)
+        return self.handle()
+
+
+def require_all(tree: "Tree", uid: int) -> None:
+    """EACCES unless `uid`'s passthru policy is `all`: what changes the controller
+    (Set Features, reset, faults, CDQs) needs it."""
+    if tree.access.policy_for(uid) != "all":
+        raise FUSEError(errno.EACCES)
+
+
 class SnapshotFile(File):
     """Bytes fetched at each open. st_size is `fixed_size` when the size is known
     without asking the controller (raw views), else the last snapshot's length

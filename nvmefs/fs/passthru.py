@@ -39,7 +39,7 @@ from .budget import Budget
 from .chunks import Pieces
 from .errors import check
 from . import interrupt
-from .nodes import Dir, File, Handle, Node, wants_write
+from .nodes import Dir, File, Handle, Node, require_all, wants_write
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +365,8 @@ class ResetFile(File):
         self.ctrl = ctrl
 
     async def open(self, flags: int, ctx) -> Handle:
-        if (self.tree.access.policy_for(ctx.uid) != "all"
-                or flags & os.O_ACCMODE != os.O_WRONLY):
+        require_all(self.tree, ctx.uid)
+        if flags & os.O_ACCMODE != os.O_WRONLY:
             raise FUSEError(errno.EACCES)
         return ResetHandle(self.ctrl)
 
