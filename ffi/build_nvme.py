@@ -27,6 +27,8 @@ ffibuilder.cdef("""
         uint32_t timeout_ms;
         int fd;                     /* /dev/nvmeX (admin) or /dev/ngXnY (I/O) */
         uint32_t cmd_op;            /* NVME_URING_CMD_ADMIN or NVME_URING_CMD_IO */
+        void *metadata;             /* separate metadata buffer (MPTR), or NULL */
+        uint32_t metadata_len;
     };
 
     struct nvmefs_batch {
@@ -117,6 +119,8 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         uint32_t timeout_ms;
         int fd;
         uint32_t cmd_op;
+        void *metadata;
+        uint32_t metadata_len;
     };
 
     struct nvmefs_batch {
@@ -132,7 +136,17 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         uint16_t qid, cid;
     };
 
-    struct nvmefs_ring { struct io_uring ring; };
+    /* The ring, and which command each SQE slot holds. A slot is handed out again only
+       once its command has completed, not once the kernel has consumed it: a kernel
+       that punts a uring_cmd to a worker (-EAGAIN, e.g. while the controller resets)
+       may read the command from the SQE then (seen as EFAULT on Debian's 6.1), so the
+       SQ array maps ring positions to SQEs taken from a free list. */
+    struct nvmefs_ring {
+        struct io_uring ring;
+        struct nvmefs_slot **inflight;  /* by SQE index: where its completion lands */
+        unsigned *free;                 /* SQE indexes not in flight */
+        unsigned nfree;
+    };
 
     static uint32_t le32(const unsigned char *p)
     {
@@ -158,10 +172,20 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         (c)->timeout_ms = (tmo);                               \
     } while (0)
 
+    void nvmefs_ring_close(struct nvmefs_ring *r)
+    {
+        io_uring_queue_exit(&r->ring);
+        free(r->inflight);
+        free(r->free);
+        free(r);
+    }
+
     int nvmefs_ring_open(struct nvmefs_ring **out, unsigned entries, int eventfd)
     {
         struct nvmefs_ring *r = calloc(1, sizeof(*r));
         int ret;
+
+        unsigned i;
 
         if (!r)
             return -ENOMEM;
@@ -171,11 +195,20 @@ ffibuilder.set_source("nvmefs._nvme", r"""
             free(r);
             return ret;
         }
+        entries = r->ring.sq.ring_entries;
+        r->inflight = calloc(entries, sizeof(*r->inflight));
+        r->free = calloc(entries, sizeof(*r->free));
+        if (!r->inflight || !r->free) {
+            nvmefs_ring_close(r);
+            return -ENOMEM;
+        }
+        for (i = 0; i < entries; i++)
+            r->free[i] = entries - 1 - i;
+        r->nfree = entries;
         if (eventfd >= 0) {
             ret = io_uring_register_eventfd(&r->ring, eventfd);
             if (ret < 0) {
-                io_uring_queue_exit(&r->ring);
-                free(r);
+                nvmefs_ring_close(r);
                 return ret;
             }
         }
@@ -183,35 +216,34 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         return 0;
     }
 
-    void nvmefs_ring_close(struct nvmefs_ring *r)
-    {
-        io_uring_queue_exit(&r->ring);
-        free(r);
-    }
-
-    /* Queue as many of `reqs` as the SQ holds and submit them with one io_uring_enter.
-       Each command's user_data is its slot, marked -EINPROGRESS until it completes.
+    /* Queue as many of `reqs` as there are free SQEs and submit them with one
+       io_uring_enter. Each command's slot is marked -EINPROGRESS until it completes.
        Returns how many were queued, or -errno if the submission itself failed. */
     int nvmefs_ring_submit(struct nvmefs_ring *r, const struct nvmefs_req *reqs,
                            struct nvmefs_slot *slots, struct nvmefs_batch *batch, int n)
     {
+        struct io_uring_sq *sq = &r->ring.sq;
         int i, ret;
 
-        for (i = 0; i < n; i++) {
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+        for (i = 0; i < n && r->nfree; i++) {
+            unsigned index = r->free[--r->nfree];
+            struct io_uring_sqe *sqe = &sq->sqes[index << 1];      /* SQE128: two apiece */
             struct nvme_uring_cmd *cmd;
 
-            if (!sqe)
-                break;
             memset(sqe, 0, 2 * sizeof(*sqe));
             sqe->opcode = IORING_OP_URING_CMD;
             sqe->fd = reqs[i].fd;
             sqe->cmd_op = reqs[i].cmd_op;
             slots[i].batch = batch;
             slots[i].res = -EINPROGRESS;
-            sqe->user_data = (uint64_t)(uintptr_t)&slots[i];
+            r->inflight[index] = &slots[i];
+            sqe->user_data = index;
             cmd = (struct nvme_uring_cmd *)sqe->cmd;
             FILL_CMD(cmd, reqs[i].sqe, reqs[i].data, reqs[i].data_len, reqs[i].timeout_ms);
+            cmd->metadata = (uint64_t)(uintptr_t)reqs[i].metadata;
+            cmd->metadata_len = reqs[i].metadata_len;
+            sq->array[sq->sqe_tail & sq->ring_mask] = index;
+            sq->sqe_tail++;
         }
         if (i == 0)
             return 0;
@@ -219,8 +251,8 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         return ret < 0 ? ret : i;
     }
 
-    /* Land every available completion in its slot; report the ids of batches that
-       became complete (at most `max_done`) and the number of completions reaped. */
+    /* Land every available completion in its slot and free its SQE; report the ids of
+       batches that became complete (at most `max_done`) and the number reaped. */
     int nvmefs_ring_reap(struct nvmefs_ring *r, uint64_t *done, int max_done, int *reaped)
     {
         struct io_uring_cqe *cqe;
@@ -228,10 +260,12 @@ ffibuilder.set_source("nvmefs._nvme", r"""
         int n = 0, k = 0;
 
         io_uring_for_each_cqe(&r->ring, head, cqe) {
-            struct nvmefs_slot *slot = (struct nvmefs_slot *)(uintptr_t)cqe->user_data;
+            struct nvmefs_slot *slot;
 
             if (k == max_done)
                 break;
+            slot = r->inflight[cqe->user_data];
+            r->free[r->nfree++] = (unsigned)cqe->user_data;
             slot->res = cqe->res;
             slot->result = cqe->big_cqe[0];
             if (--slot->batch->remaining == 0)

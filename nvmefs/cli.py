@@ -1,17 +1,19 @@
-"""The `nvmefs` command: mount, umount, list, vfio, decode (nvmefs(1))."""
+"""The `nvmefs` command: mount, umount, list, vfio, decode (nvmefs(1)).
+
+Start-up is cheap: each command imports what it uses when it runs, so `--version`,
+`--help`, `completion` and `decode` never load trio, FUSE, the backends or the tree.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import select
 import sys
+from functools import cached_property
+from typing import Callable, Sequence
 
 from . import __version__, fstab
-from .spec import render
-from .spec.passthru import POLICIES
 
 OTHERS = ("off", "info", "readonly")
 
@@ -40,9 +42,49 @@ def _size(text: str) -> int:
     return n
 
 
+class _LazyChoices:
+    """An option's choices, loaded when first needed (a value checked, help shown,
+    completion written): building the parser imports nothing. Give the option a
+    metavar (argparse would list the choices, loading them, to make one)."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]):
+        self._load = load
+
+    @cached_property
+    def _choices(self) -> tuple[str, ...]:
+        return tuple(self._load())
+
+    def __iter__(self):
+        return iter(self._choices)
+
+    def __contains__(self, value) -> bool:
+        return value in self._choices
+
+
+def _policies() -> Sequence[str]:
+    from .spec.passthru import POLICIES
+    return POLICIES
+
+
+def _decode_kinds() -> Sequence[str]:
+    from .spec.render import RENDERERS
+    return sorted(RENDERERS)
+
+
+class _Version(argparse.Action):
+    """--version: the package metadata is read only when it is asked for."""
+
+    def __init__(self, option_strings, dest, help="show program's version number and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"nvmefs {version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvmefs", description="NVMe controllers as a file tree.")
-    p.add_argument("--version", action="version", version=f"nvmefs {version()}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount controllers at MOUNTPOINT")
@@ -59,12 +101,13 @@ def parser() -> argparse.ArgumentParser:
                    help="group of every file (name or number)")
     m.add_argument("--umask", type=lambda t: int(t, 8), default=0,
                    help="permission bits to clear, octal (e.g. 027)")
-    m.add_argument("--passthru", choices=POLICIES, default="readonly",
+    m.add_argument("--passthru", choices=_LazyChoices(_policies), default="readonly",
+                   metavar="POLICY",
                    help="what passthru/, Set Features and reset may do for the mounting "
-                        "user and root (default: readonly)")
-    m.add_argument("--others", choices=OTHERS, default="info",
-                   help="the same for every other user, never more than --passthru "
-                        "(default: info)")
+                        "user and root: %(choices)s (default: readonly)")
+    m.add_argument("--others", choices=OTHERS, default="info", metavar="POLICY",
+                   help="the same for every other user, never more than --passthru: "
+                        "%(choices)s (default: info)")
     m.add_argument("--max-buffer", type=_size, metavar="SIZE",
                    help="answers the whole mount may hold, e.g. 512M (default: 512M)")
     m.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
@@ -89,8 +132,8 @@ def parser() -> argparse.ArgumentParser:
                    help="nvme-cli's text (default) or its JSON")
 
     d = sub.add_parser("decode", help="decode a saved raw structure")
-    d.add_argument("--as", dest="kind", required=True, choices=sorted(render.RENDERERS),
-                   help="what the bytes are")
+    d.add_argument("--as", dest="kind", required=True, choices=_LazyChoices(_decode_kinds),
+                   metavar="KIND", help="what the bytes are: %(choices)s")
     d.add_argument("--format", choices=("json", "txt"), default="json")
     d.add_argument("--name", default="nvme0", help="controller name, for pages keyed by it")
     d.add_argument("--fid", type=lambda t: int(t, 0), default=None,
@@ -114,6 +157,8 @@ DISCOVERY_TIMEOUT = 30.0        # seconds to connect, read the log and disconnec
 
 
 def cmd_discover(args) -> int:
+    import json
+
     import trio
 
     from .backends import TransportError, opened
@@ -159,6 +204,7 @@ def cmd_discover(args) -> int:
 
 
 def cmd_decode(args) -> int:
+    from .spec import render
     if args.kind == "feature" and args.fid is None:
         print("nvmefs decode: --as feature needs --fid", file=sys.stderr)
         return 2
@@ -191,12 +237,17 @@ def cmd_list(args) -> int:
     if not ctrls and not vfio:
         print("no NVMe controllers (the kernel shows none under /sys/class/nvme)", file=sys.stderr)
         return 1
-    for c in ctrls:
-        print(f"{c.dev}  {c.model}  sn {c.serial}  fw {c.firmware}  {c.transport} {c.address}  "
-              f"{c.state}  namespaces: {' '.join('/dev/' + ng for ng in c.generic) or '-'}")
+    for nqn, ports in sysfs.subsystems(ctrls).items():     # a subsystem's controllers together
+        print(nqn)
+        for c in ports:
+            nodes = [f"/dev/{ng}" for ng in c.generic] + [f"/dev/{p.head}(head)" for p in c.paths]
+            print(f"  {c.dev}  {c.model}  sn {c.serial}  fw {c.firmware}  {c.transport} "
+                  f"{c.address}  cntlid {c.cntlid}  {c.state}  "
+                  f"namespaces: {' '.join(nodes) or '-'}")
+    if vfio:
+        print("vfio-pci")
     for f in vfio:
-        print(f"{f.uri}  pci {f.vendor:04x}:{f.device:04x}  {f.driver}  "
-              f"/dev/vfio/{f.iommu_group or '-'}")
+        print(f"  {f.uri}  pci {f.vendor:04x}:{f.device:04x}  /dev/vfio/{f.iommu_group or '-'}")
     return 0
 
 
@@ -252,6 +303,7 @@ def cmd_umount(args) -> int:
 
 
 def _setup_logging(args, daemon: bool) -> None:
+    import logging
     level = logging.DEBUG if args.debug else logging.INFO
     fmt = "%(asctime)s nvmefs[%(process)d] %(levelname)s %(name)s: %(message)s"
     if args.log:
@@ -263,7 +315,6 @@ def _setup_logging(args, daemon: bool) -> None:
 
 
 def cmd_mount(args) -> int:
-    from .fs.budget import MOUNT
     from .mount import MountError, MountOptions, prepare_mountpoint
 
     def say(msg: str) -> None:
@@ -276,7 +327,7 @@ def cmd_mount(args) -> int:
         return 1
     opts = MountOptions(os.path.abspath(args.mountpoint), devices, args.allow_other,
                         args.uid, args.gid, args.umask, args.passthru, args.others,
-                        args.max_buffer or MOUNT, flags=tuple(getattr(args, "flags", ())))
+                        args.max_buffer, flags=tuple(getattr(args, "flags", ())))
     try:
         prepare_mountpoint(opts.mountpoint, say)
     except MountError as e:

@@ -5,6 +5,8 @@ the FUSE session is serving and a read by a child process has checked
 that FUSE_INTERRUPT reaches the requests (fs.interrupt). SIGINT and SIGTERM
 unmount cleanly. A mountpoint left behind by a killed daemon ("Transport
 endpoint is not connected") is detached and reused, with a message saying so.
+The daemon's modules (FUSE, trio, the backends, the tree) are imported by `serve`
+only: `nvmefs umount` and the checks before a mount do without them.
 """
 
 from __future__ import annotations
@@ -15,19 +17,13 @@ import os
 import re
 import signal
 import subprocess
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pyfuse3
-import trio
-
-from . import fs
-from .backends import opened
 from .sdnotify import notify
-from .fs import interrupt
-from .fs.access import Access
-from .fs.budget import MOUNT
+
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +47,7 @@ class MountOptions:
     umask: int = 0
     passthru: str = "readonly"     # for the mounting user and root
     others: str = "info"           # for every other user (never more than passthru)
-    max_buffer: int = MOUNT        # bytes of answers the whole mount may hold
+    max_buffer: int | None = None  # bytes of answers the mount may hold; None: fs.budget.MOUNT
     flags: tuple[str, ...] = ()    # kernel mount flags (ro, noexec, noatime, ...) from -o
 
     def fuse_options(self) -> set[str]:
@@ -160,9 +156,17 @@ def sole_exception(group: BaseException) -> BaseException:
 
 
 async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
-    async with AsyncExitStack() as stack:
-        ctrls = [await stack.enter_async_context(opened(uri, i))
-                 for i, uri in enumerate(opts.devices)]
+    import pyfuse3
+    import trio
+
+    from . import fs
+    from .backends import opened_all
+    from .fs import interrupt
+    from .fs.access import Access
+    from .fs.budget import MOUNT
+
+    # opened at once; the names follow the order of the command line
+    async with opened_all(opts.devices) as ctrls:
         for ctrl, name in zip(ctrls, controller_names(ctrls), strict=True):
             ctrl.name = name
         interrupt.install()
@@ -174,7 +178,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
                 async with trio.open_nursery() as nursery:
                     ops = fs.build(ctrls, nursery, opts.uid, opts.gid, umask=opts.umask,
                                    access=Access(opts.uid, opts.passthru, opts.others),
-                                   max_buffer=opts.max_buffer)
+                                   max_buffer=opts.max_buffer or MOUNT)
                     try:
                         pyfuse3.init(ops, opts.mountpoint, opts.fuse_options())
                     except RuntimeError as e:
@@ -195,6 +199,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None]) -> None:
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:
+    import pyfuse3
     await pyfuse3.main(min_tasks=1, max_tasks=MAX_FUSE_TASKS)
     scope.cancel()       # unmounted from outside: stop the signal watcher too
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import trio
 
 from .base import Controller, Request
 from .errors import ControllerFatal, ControllerGone, TransportError, Unsupported
 
-OPEN_TIMEOUT = 120.0       # seconds to open and identify a controller
+OPEN_TIMEOUT = 120.0       # seconds to open and identify a controller (several open at once)
 
 # scheme -> "module:Class"
 REGISTRY = {
@@ -49,15 +49,48 @@ def controller_class(uri: str) -> type[Controller]:
 async def opened(uri: str, index: int = 0) -> AsyncIterator[Controller]:
     """The controller a URI names, started and identified, with a nursery for its
     background tasks (completion reapers); closed on exit."""
-    ctrl = controller_class(uri)(uri, index)
+    async with opened_all([uri], index) as (ctrl,):
+        yield ctrl
+
+
+@contextlib.asynccontextmanager
+async def opened_all(uris: Sequence[str], first: int = 0) -> AsyncIterator[list[Controller]]:
+    """The controllers `uris` name (indexes from `first` on), in that order, started and
+    identified concurrently, their background tasks in one nursery; all closed on exit.
+    If one fails to open, the others are closed and its error is raised (of several,
+    the first in `uris`)."""
+    ctrls = [controller_class(uri)(uri, first + i) for i, uri in enumerate(uris)]
     async with trio.open_nursery() as nursery:
         try:
-            with trio.fail_after(OPEN_TIMEOUT):
-                await ctrl.start(nursery)
-            yield ctrl
+            await _start_all(ctrls, nursery)
+            yield ctrls
         finally:
-            await ctrl.aclose()
+            async with trio.open_nursery() as closing:
+                for ctrl in ctrls:
+                    closing.start_soon(ctrl.aclose)
             nursery.cancel_scope.cancel()
+
+
+async def _start_all(ctrls: Sequence[Controller], nursery: trio.Nursery) -> None:
+    """Start every controller at once, each within OPEN_TIMEOUT. The first failure
+    cancels the starts still under way; of the failures, the one of the first
+    controller in order is raised, alone (never a group of several)."""
+    errors: list[Exception | None] = [None] * len(ctrls)
+
+    async def start(i: int) -> None:
+        try:
+            with trio.fail_after(OPEN_TIMEOUT):
+                await ctrls[i].start(nursery)
+        except Exception as e:
+            errors[i] = e
+            starting.cancel_scope.cancel()
+
+    async with trio.open_nursery() as starting:
+        for i in range(len(ctrls)):
+            starting.start_soon(start, i)
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def local_devices() -> list[str]:
@@ -70,4 +103,5 @@ def local_devices() -> list[str]:
 
 
 __all__ = ["Controller", "ControllerFatal", "ControllerGone", "Request", "TransportError",
-           "Unsupported", "REGISTRY", "opened", "controller_class", "scheme_of", "local_devices"]
+           "Unsupported", "REGISTRY", "opened", "opened_all", "controller_class", "scheme_of",
+           "local_devices"]

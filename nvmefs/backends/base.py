@@ -18,18 +18,20 @@ import trio
 
 from ..spec import cdq, commands, status
 from ..spec import events as E
+from ..spec.iocs import ns_csi, with_bases
 from ..spec.logs import LOG_PAGES
 from ..spec.render import decode
 from ..spec.identify import (
     CNS_CTRL,
     CNS_NS,
     CNS_NS_ACTIVE_LIST,
+    CNS_NS_DESC_LIST,
     IDENTIFY_SIZE,
     decode_id_ctrl,
     decode_ns_list,
 )
 from ..spec.commands import NSID_ALL
-from ..spec.opcodes import ADMIN, IO
+from ..spec.opcodes import ADMIN, IO, lookup
 from ..spec.queue import Command, Completion
 from .cdq import DELETED, LIVE, LOST, HostQueue, Memory
 from .errors import ControllerGone, TransportError, Unsupported
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = {ADMIN: 60.0, IO: 30.0}     # seconds, as Linux's admin_timeout/io_timeout
 MAX_TIMEOUT = 3600.0
 RESET_TIMEOUT = 30.0
+RETRY_WINDOW = 30.0     # seconds a read of the tree waits for a resetting controller
+RETRY_PAUSE = 0.05      # seconds between tries
 AERS = 4                # Asynchronous Event Requests kept outstanding, at most AERL + 1 (§5.2)
 
 
@@ -58,12 +62,16 @@ def spread(n: int, queues: Sequence[Q], first: int) -> list[tuple[Q, int, int]]:
 
 
 class Request(NamedTuple):
-    """One command for a queue: data goes out (host to controller) or comes in."""
+    """One command for a queue: data goes out (host to controller) or comes in, and
+    so does its separate metadata (the buffer MPTR points to; extended-LBA metadata is
+    part of the data)."""
     queue: str                      # ADMIN or IO
     cmd: Command
     data_out: bytes = b""
     data_in_len: int = 0
     timeout: float | None = None    # seconds; None: the queue's default
+    metadata_out: bytes = b""
+    metadata_in_len: int = 0
 
 
 @dataclass
@@ -88,6 +96,9 @@ class Controller(ABC):
     # seconds between looks at a Controller Data Queue a reader waits on, where the
     # controller's Tail Pointer Trigger event cannot be relied on; None: it can
     cdq_poll: float | None = None
+    # why this backend cannot carry a separate metadata buffer (Request.metadata_out,
+    # metadata_in_len; passthru refuses such commands with it); "": it can
+    metadata_refusal = "this backend does not carry separate metadata buffers"
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -97,6 +108,7 @@ class Controller(ABC):
         self.id_ctrl: dict[str, Any] = {}
         self.nsids: list[int] = []
         self._id_ns: dict[int, bytes] = {}
+        self.csis: dict[int, int | None] = {}     # NSID -> I/O Command Set, None: not given
         self.state = "new"
         self._stats = Statistics()
         self.events = EventLog()
@@ -142,6 +154,10 @@ class Controller(ABC):
     def info(self) -> dict[str, str]:
         """Backend, address and transport lines for `info`."""
         return {"backend": self.backend, "address": self.uri, "transport": self.backend}
+
+    def namespace_info(self, nsid: int) -> dict[str, str]:
+        """Backend lines for ns/N/info (Linux: the node its I/O goes through)."""
+        return {}
 
     @property
     def max_transfer(self) -> int:
@@ -233,11 +249,34 @@ class Controller(ABC):
 
     async def admin(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
                     timeout: float | None = None) -> Completion:
-        return await self.submit(Request(ADMIN, cmd, data_out, data_in_len, timeout))
+        return await self._retrying(Request(ADMIN, cmd, data_out, data_in_len, timeout))
 
     async def io(self, cmd: Command, data_out: bytes = b"", data_in_len: int = 0,
-                 timeout: float | None = None) -> Completion:
-        return await self.submit(Request(IO, cmd, data_out, data_in_len, timeout))
+                 timeout: float | None = None, metadata_out: bytes = b"",
+                 metadata_in_len: int = 0) -> Completion:
+        return await self._retrying(Request(IO, cmd, data_out, data_in_len, timeout,
+                                            metadata_out, metadata_in_len))
+
+    async def _retrying(self, req: Request) -> Completion:
+        """The daemon's own commands (the tree's reads, events, queues): one the host's
+        path did not carry through (HOST_TRANSIENT before its own timeout: a reset in
+        its way) is sent again once the controller serves, if it has no side effects,
+        for up to RETRY_WINDOW seconds. One that timed out is not: that took its time
+        already. Passthru requests are never retried: their callers see every status."""
+        row = lookup(req.queue, req.cmd.opcode, self.csi(req.cmd.nsid) if req.queue == IO else 0)
+        if row is None or not row.read_only:
+            return await self.submit(req)
+        deadline = trio.current_time() + RETRY_WINDOW
+        while True:
+            start = trio.current_time()
+            cpl = await self.submit(req)
+            now = trio.current_time()
+            if status.code(cpl.status) not in status.HOST_TRANSIENT or now >= deadline or \
+                    now - start >= self.timeout_of(req):
+                return cpl
+            with trio.move_on_at(deadline):
+                await trio.sleep(RETRY_PAUSE)
+                await self._wait_serving()
 
     async def reset(self) -> None:
         self.state = "resetting"
@@ -330,6 +369,16 @@ class Controller(ABC):
                     record["log"] = decoded
         log.info("%s: event %s %s", self.uri, record["type_name"], record.get("info_name", ""))
         self.events.publish(record)
+        if dw0 is not None and E.aen(dw0)[:2] == E.NAMESPACES_CHANGED:
+            await self._namespaces_changed()
+
+    async def _namespaces_changed(self) -> None:
+        """The controller's namespaces changed (its notice, §5.2.1): read them again
+        (the backend's own path may have its own way: Linux's uevents)."""
+        try:
+            await self.refresh()
+        except TransportError as e:
+            log.warning("%s: namespaces not read again: %s", self.uri, e)
 
     # ------------------------------------------------------------------ Controller Data Queues
 
@@ -385,8 +434,8 @@ class Controller(ABC):
     # ------------------------------------------------------------------ helpers built on admin()
 
     async def refresh(self) -> None:
-        """Re-read Identify Controller and the active namespace list (after reset or a
-        namespace change)."""
+        """Re-read Identify Controller, the active namespace list and each namespace's
+        I/O Command Set (after reset or a namespace change)."""
         cpl = await self.admin(commands.identify(CNS_CTRL), data_in_len=IDENTIFY_SIZE)
         if not cpl.ok:
             raise TransportError(f"{self.uri}: Identify Controller failed: "
@@ -398,8 +447,27 @@ class Controller(ABC):
         cpl = await self.admin(commands.identify(CNS_NS_ACTIVE_LIST), data_in_len=IDENTIFY_SIZE)
         if cpl.ok:
             self.nsids = decode_ns_list(cpl.data)
+            self.csis = {nsid: await self._read_csi(nsid) for nsid in self.nsids}
         else:   # controllers before NVMe 1.1 have no active list: every NSID up to NN
             self.nsids = list(range(1, self.id_ctrl["nn"] + 1))
+            self.csis = {}          # nor descriptor lists (1.3): NVM namespaces
+
+    async def _read_csi(self, nsid: int) -> int | None:
+        """The namespace's Command Set Identifier (CNS 03h descriptor NIDT 04h); None
+        where the controller gives none (before NVMe 2.0: then it is NVM)."""
+        cpl = await self.admin(commands.identify(CNS_NS_DESC_LIST, nsid=nsid),
+                               data_in_len=IDENTIFY_SIZE)
+        return ns_csi(cpl.data) if cpl.ok else None
+
+    def csi(self, nsid: int) -> int:
+        """The I/O Command Set of an active namespace (0, NVM, where not given), as of
+        the last `refresh`."""
+        return self.csis.get(nsid) or commands.CSI_NVM
+
+    def command_sets(self) -> list[int]:
+        """The I/O Command Sets the namespaces are of, with those they extend (ZNS:
+        NVM); none where the controller names no command set (before NVMe 2.0)."""
+        return with_bases(csi for csi in self.csis.values() if csi is not None)
 
     async def identify_ns(self, nsid: int) -> Completion:
         """Identify Namespace, cached until the next `refresh`."""
@@ -411,7 +479,7 @@ class Controller(ABC):
         return cpl
 
     async def get_log(self, lid: int, length: int, offset: int = 0, nsid: int = NSID_ALL,
-                      lsp: int = 0, lsi: int = 0, rae: bool = True) -> Completion:
+                      lsp: int = 0, lsi: int = 0, rae: bool = True, csi: int = 0) -> Completion:
         """Get Log Page split into MDTS-sized pieces (each with the same LSP, so an
         action such as telemetry "create" belongs in a separate header read);
         the first failure is returned."""
@@ -421,7 +489,7 @@ class Controller(ABC):
         while len(data) < length:
             n = min(chunk, length - len(data))
             cpl = await self.admin(commands.get_log_page(lid, n, offset + len(data), nsid, lsp, lsi,
-                                                         rae), data_in_len=n)
+                                                         rae, csi), data_in_len=n)
             if not cpl.ok:
                 return cpl
             data += cpl.data

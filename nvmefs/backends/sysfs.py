@@ -1,4 +1,14 @@
-"""Controllers and namespaces the Linux NVMe driver exposes (/sys/class/nvme*)."""
+"""Controllers, subsystems and namespaces the Linux NVMe driver exposes (/sys/class/nvme*).
+
+Where a namespace's I/O goes depends on how the kernel named it (drivers/nvme/host
+core.c nvme_alloc_ns, multipath.c):
+- without native multipath, or on a subsystem of one controller, each controller has
+  its own generic node `ngXnY` (X: the controller's instance), its child in sysfs;
+- with native multipath on a subsystem that may have several controllers (CMIC bit 1),
+  every namespace gets a head (`nvmeSnY` and `ngSnY`, S: the subsystem's instance,
+  children of nvme-subsysS) and each controller a hidden path disk `nvmeScXnY` with no
+  node: I/O to the head goes down a path the kernel picks (its iopolicy).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +16,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-SYS_NVME = "/sys/class/nvme"
-SYS_GENERIC = "/sys/class/nvme-generic"
+SYS = "/sys"                            # tests point this at a tree of their own
 NAME = re.compile(r"nvme(\d+)")
 GENERIC = re.compile(r"ng(\d+)n(\d+)")
+PATH_DISK = re.compile(r"nvme(\d+)c(\d+)n(\d+)")
+SUBSYSTEM = re.compile(r"nvme-subsys(\d+)")
+
+
+def _class(kind: str, *parts: str) -> str:
+    return os.path.join(SYS, "class", kind, *parts)
 
 
 def read_attr(path: str) -> str:
@@ -21,6 +36,26 @@ def read_attr(path: str) -> str:
         return ""
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _number_order(names: list[str], pattern: re.Pattern) -> list[str]:
+    return sorted(names, key=lambda n: tuple(map(int, pattern.fullmatch(n).groups())))
+
+
+@dataclass
+class SysPath:
+    """The kernel's path from one controller to one of its namespaces (multipath)."""
+    disk: str                           # nvme0c1n2: the hidden path disk
+    head: str                           # ng0n2: the head's generic node
+    nsid: int
+    ana_state: str = ""                 # optimized, non-optimized, ...; "" where no ANA
+
+
 @dataclass
 class SysController:
     name: str                           # nvme0
@@ -30,7 +65,12 @@ class SysController:
     transport: str = ""
     address: str = ""
     state: str = ""
-    generic: list[str] = field(default_factory=list)     # ng0n1 ... (per-namespace char devices)
+    cntlid: str = ""
+    subsysnqn: str = ""
+    subsystem: str = ""                 # nvme-subsys0
+    iopolicy: str = ""                  # how the kernel picks a path for a head's I/O
+    generic: list[str] = field(default_factory=list)    # its own ngXnY nodes
+    paths: list[SysPath] = field(default_factory=list)  # namespaces reached through a head
 
     @property
     def dev(self) -> str:
@@ -38,35 +78,50 @@ class SysController:
 
     def max_transfer_kernel(self) -> int:
         """The block layer's limit for one command, in bytes (0 if unknown)."""
-        for ng in self.generic:
-            kb = read_attr(f"/sys/block/{ng.replace('ng', 'nvme', 1)}/queue/max_hw_sectors_kb")
+        disks = [ng.replace("ng", "nvme", 1) for ng in self.generic] + [p.disk for p in self.paths]
+        for disk in disks:
+            kb = read_attr(os.path.join(SYS, "block", disk, "queue", "max_hw_sectors_kb"))
             if kb.isdigit():
                 return int(kb) * 1024
         return 0
 
 
+def _subsystem_of(name: str) -> str:
+    for subsys in _listdir(_class("nvme-subsystem")):
+        if os.path.exists(_class("nvme-subsystem", subsys, name)):
+            return subsys
+    return ""
+
+
 def controller(name: str) -> SysController:
-    base = os.path.join(SYS_NVME, name)
+    base = _class("nvme", name)
     if not os.path.isdir(base):
         raise FileNotFoundError(f"no NVMe controller {name} (nothing at {base})")
-    c = SysController(name, *(read_attr(os.path.join(base, f)) for f in
-                              ("model", "serial", "firmware_rev", "transport", "address", "state")))
-    try:
-        entries = os.listdir(SYS_GENERIC)
-    except OSError:
-        entries = []
-    for ng in entries:
-        owner = os.path.basename(os.path.realpath(os.path.join(SYS_GENERIC, ng, "device")))
-        if GENERIC.fullmatch(ng) and owner == name:
-            c.generic.append(ng)
-    c.generic.sort(key=lambda n: tuple(map(int, GENERIC.fullmatch(n).groups())))
+    c = SysController(name, *(read_attr(os.path.join(base, f)) for f in (
+        "model", "serial", "firmware_rev", "transport", "address", "state", "cntlid",
+        "subsysnqn")))
+    c.subsystem = _subsystem_of(name)
+    c.iopolicy = read_attr(_class("nvme-subsystem", c.subsystem, "iopolicy")) if c.subsystem else ""
+    children = _listdir(base)
+    c.generic = _number_order([n for n in children if GENERIC.fullmatch(n)], GENERIC)
+    for disk in _number_order([n for n in children if PATH_DISK.fullmatch(n)], PATH_DISK):
+        subsys, _, head = PATH_DISK.fullmatch(disk).groups()
+        nsid = read_attr(os.path.join(base, disk, "nsid"))
+        if nsid.isdigit():
+            c.paths.append(SysPath(disk, f"ng{subsys}n{head}", int(nsid),
+                                   read_attr(os.path.join(base, disk, "ana_state"))))
     return c
 
 
 def controllers() -> list[SysController]:
     """Every controller the driver knows, in number order."""
-    try:
-        names = [n for n in os.listdir(SYS_NVME) if NAME.fullmatch(n)]
-    except OSError:
-        return []
-    return [controller(n) for n in sorted(names, key=lambda n: int(n[4:]))]
+    names = [n for n in _listdir(_class("nvme")) if NAME.fullmatch(n)]
+    return [controller(n) for n in _number_order(names, NAME)]
+
+
+def subsystems(ctrls: list[SysController]) -> dict[str, list[SysController]]:
+    """The controllers by subsystem NQN, in order of first appearance."""
+    out: dict[str, list[SysController]] = {}
+    for c in ctrls:
+        out.setdefault(c.subsysnqn or c.name, []).append(c)
+    return out

@@ -65,12 +65,14 @@ class Budget:
 
 
 class _Answers:
-    """One key's kept answers, each as its parts, and their bytes."""
-    __slots__ = ("answers", "size")
+    """One key's kept answers, each as its parts, their bytes, and the errno of a
+    batch that was lost after them (0: none)."""
+    __slots__ = ("answers", "size", "error")
 
     def __init__(self) -> None:
         self.answers: deque[list[bytes]] = deque()
         self.size = 0
+        self.error = 0
 
 
 class Kept:
@@ -84,9 +86,10 @@ class Kept:
         memory.reclaim = self._reclaim
         self._items: OrderedDict[Hashable, _Answers] = OrderedDict()
 
-    def add(self, key: Hashable, answers: list[list[bytes]], fresh: bool) -> None:
+    def add(self, key: Hashable, answers: list[list[bytes]], fresh: bool, error: int = 0) -> None:
         """Keep `answers` (each the parts of one) after what `key` holds, or instead
-        of it if `fresh`."""
+        of it if `fresh`; `error`: the errno of a batch lost after them, which a reader
+        gets once it has read them."""
         if fresh:
             self.drop(key)
         kept = self._items.pop(key, None) or _Answers()     # popped: never reclaimed for itself
@@ -100,7 +103,12 @@ class Kept:
                 gone = sum(map(len, kept.answers.popleft()))
                 kept.size -= gone
                 self.memory.release(gone)
+        kept.error = kept.error or error
         self._items[key] = kept
+
+    def error(self, key: Hashable) -> int:
+        kept = self._items.get(key)
+        return kept.error if kept else 0
 
     def get(self, key: Hashable) -> Pieces:
         kept = self._items.get(key)

@@ -10,9 +10,11 @@ from .errors import check
 from .events import EventsFile
 from .features import feature_dir
 from .logs import log_dir
-from .nodes import Dir, Node, SnapshotFile, StaticDir
+from .nodes import Dir, Node, SnapshotFile
 from .passthru import PassthruDir, ResetFile
 from .faults import sim_files
+from .iocs import (CommandSetDir, controller_set_nodes, controller_sets, namespace_set_nodes,
+                   namespace_sets)
 from .views import text_lines, views
 
 
@@ -20,6 +22,7 @@ def controller_info(ctrl: Controller) -> dict[str, object]:
     idc = ctrl.id_ctrl
     return {"name": ctrl.name, **ctrl.info(), "model": idc["mn"].strip(),
             "serial": idc["sn"].strip(), "firmware": idc["fr"].strip(), "nn": idc["nn"],
+            "subnqn": idc["subnqn"], "cntlid": idc["cntlid"],
             "mdts": ctrl.max_transfer, "state": ctrl.state,
             "namespaces": " ".join(map(str, ctrl.nsids))}
 
@@ -31,12 +34,17 @@ def namespace_dir(ctrl: Controller, nsid: int) -> Dir:
     async def info() -> bytes:
         d = ID.decode_id_ns(check(await ctrl.identify_ns(nsid)))
         block = ID.block_size(d)
+        fmt = ID.ns_format(d)
         return text_lines({"nsid": nsid, "blocks": d["nsze"], "block_size": block,
                            "bytes": d["nsze"] * block, "capacity_blocks": d["ncap"],
-                           "used_blocks": d["nuse"], "nguid": d["nguid"], "eui64": d["eui64"]})
+                           "used_blocks": d["nuse"], "nguid": d["nguid"], "eui64": d["eui64"],
+                           "ms": fmt.ms, "mset": int(fmt.extended), "dps": fmt.dps,
+                           "csi": ctrl.csi(nsid),
+                           **ctrl.namespace_info(nsid)})
 
-    return StaticDir(str(nsid), [*views("identify", "id-ns", fetch, raw_size=ID.IDENTIFY_SIZE),
-                                 SnapshotFile("info", info)])
+    return CommandSetDir(str(nsid), [*views("identify", "id-ns", fetch, raw_size=ID.IDENTIFY_SIZE),
+                                     SnapshotFile("info", info)], "identify.txt",
+                         namespace_sets(ctrl, nsid), lambda csi: namespace_set_nodes(ctrl, nsid, csi))
 
 
 class NamespacesDir(Dir):
@@ -70,10 +78,10 @@ def controller_dir(ctrl: Controller) -> Dir:
     async def info() -> bytes:
         return text_lines(controller_info(ctrl))
 
-    return StaticDir(ctrl.name, [
+    return CommandSetDir(ctrl.name, [
         SnapshotFile("info", info, waits=False),
         *views("identify", "id-ctrl", identify, raw_size=ID.IDENTIFY_SIZE, waits=False),
         log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
         PassthruDir(ctrl), CdqDir(ctrl), EventsFile(ctrl), ResetFile(ctrl), *sim_files(ctrl),
         *register_files(ctrl),
-    ])
+    ], "identify.txt", controller_sets(ctrl), lambda csi: controller_set_nodes(ctrl, csi))

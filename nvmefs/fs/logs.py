@@ -15,10 +15,11 @@ from pyfuse3 import FUSEError
 from ..backends.base import Controller
 from ..spec import logs as L
 from ..spec import status as S
-from ..spec.commands import LID_SUPPORTED_LOGS
+from ..spec import render
+from ..spec.commands import CSI_NVM, LID_EFFECTS, LID_SUPPORTED_LOGS
 from .errors import check
-from .nodes import Fetch, File, Handle, Node, TableDir, wants_write
-from .views import views
+from .nodes import Fetch, File, Handle, Node, SnapshotFile, TableDir, wants_write
+from .views import decoded_views, views
 
 UNKNOWN_PAGE_SIZES = (4096, 512)     # by-id of a LID nvmefs has no size for: try these
 
@@ -113,8 +114,41 @@ class LargeLogFile(File):
         return LargeLogHandle(self, number, header, self.last_size)
 
 
+async def csi_pages(ctrl: Controller, lid: int, size: int) -> dict[int, bytes]:
+    """An I/O Command Set specific page (Get Log Page with CSI in CDW14): CSI 0's and
+    that of every other command set the namespaces use, by CSI. A failure of CSI 0's
+    is the error; a command set whose page the controller refuses is left out."""
+    pages = {CSI_NVM: check(await ctrl.get_log(lid, size), unsupported_is_eopnotsupp=True)}
+    for csi in ctrl.command_sets():
+        if csi != CSI_NVM:
+            cpl = await ctrl.get_log(lid, size, csi=csi)
+            if cpl.ok:
+                pages[csi] = cpl.data
+    return pages
+
+
+async def effects_pages(ctrl: Controller) -> dict[int, bytes]:
+    """The Commands Supported and Effects log of each command set in use, by CSI."""
+    return await csi_pages(ctrl, LID_EFFECTS, L.EFFECTS_SIZE)
+
+
+def per_csi_nodes(ctrl: Controller, page: L.LogPage, name: str) -> list[Node]:
+    """The raw view of CSI 0's page; the JSON and text of the pages of every command
+    set in use, one after the other (`nvme effects-log -o json` without --csi)."""
+    size = page.size(ctrl.id_ctrl)
+
+    async def decoded() -> list:
+        pages = await csi_pages(ctrl, page.lid, size)
+        return [item for csi in sorted(pages)
+                for item in render.decode(page.kind, pages[csi], {"name": ctrl.name, "csi": csi})]
+    return [SnapshotFile(name, page_fetch(ctrl, page.lid, size), size),
+            *decoded_views(name, page.kind, decoded)]
+
+
 def page_nodes(ctrl: Controller, page: L.LogPage, name: str, captures: Captures) -> list[Node]:
     ctx = {"name": ctrl.name}
+    if page.per_csi:
+        return per_csi_nodes(ctrl, page, name)
     if page.size_from_header:
         header = page_fetch(ctrl, page.lid, L.TELEMETRY_BLOCK)
         return views(name, page.kind, header, ctx,

@@ -32,12 +32,12 @@ from ..backends.base import MAX_TIMEOUT, RESET_TIMEOUT, Controller, TransportErr
 from ..spec import identify as ID
 from ..spec import logs as L
 from ..spec import passthru as P
-from ..spec.commands import LID_EFFECTS
+from ..spec.commands import CSI_NVM, LID_EFFECTS
 from ..spec.opcodes import ADMIN, CHANGES_NAMESPACES, IO
 from ..spec.session import NEED_DATA, MailboxSession, RequestError
 from .budget import Budget
 from .chunks import Pieces
-from .errors import check
+from .logs import effects_pages
 from . import interrupt
 from .nodes import Dir, File, Handle, Node, require_all, wants_write
 
@@ -57,7 +57,7 @@ class Targets:
     def __init__(self, ctrl: Controller):
         self.ctrl = ctrl
         self._generation = -1
-        self._namespaces: dict[int, int] = {}
+        self._namespaces: dict[int, ID.NsFormat] = {}
         self._effects: dict[str, object] = {ADMIN: None, IO: None}
         self._targets: dict[tuple[str, str], P.Target] = {}
         self._lock = trio.Lock()
@@ -73,27 +73,32 @@ class Targets:
         key = (queue, policy)
         target = self._targets.get(key)
         if target is None:
-            target = self._targets[key] = P.Target(queue, policy, self.ctrl.max_transfer,
-                                                   self._namespaces, self._effects[queue])
+            target = self._targets[key] = P.Target(
+                queue, policy, self.ctrl.max_transfer, self._namespaces, self._effects[queue],
+                metadata_refusal=self.ctrl.metadata_refusal)
         return target
 
     async def _refresh(self) -> None:
-        """Read the effects log and the namespaces' block sizes again (one caller at a
-        time; the lock is taken only when the generation moved, not on every write)."""
+        """Read the effects log (of each command set in use) and the namespaces' formats
+        and command sets again (one caller at a time; the lock is taken only when the
+        generation moved, not on every write)."""
         async with self._lock:
             ctrl = self.ctrl
             if self._generation == ctrl.generation:
                 return                      # another caller refreshed meanwhile
             generation = ctrl.generation
-            effects = (None, None)
+            effects: dict[str, object] = {ADMIN: None, IO: None}
             if L.LOG_PAGES[LID_EFFECTS].supported(ctrl.id_ctrl):
-                effects = L.effects_tables(check(await ctrl.get_log(LID_EFFECTS, L.EFFECTS_SIZE)))
+                # admin from CSI 0's page; I/O per command set, from the page of each in use
+                pages = await effects_pages(ctrl)
+                effects = {ADMIN: L.effects_tables(pages[CSI_NVM])[0],
+                           IO: {csi: L.effects_tables(page)[1] for csi, page in pages.items()}}
             namespaces = {}
             for nsid in ctrl.nsids:
                 cpl = await ctrl.identify_ns(nsid)
                 if cpl.ok:
-                    namespaces[nsid] = ID.block_size(ID.decode_id_ns(cpl.data))
-            self._namespaces, self._effects = namespaces, dict(zip((ADMIN, IO), effects))
+                    namespaces[nsid] = ID.ns_format(ID.decode_id_ns(cpl.data), ctrl.csi(nsid))
+            self._namespaces, self._effects = namespaces, effects
             self._targets.clear()
             self._generation = generation
 
@@ -146,7 +151,11 @@ class Mailbox(File):
         tree = self.tree
         policy = tree.access.policy_for(ctx.uid)
         if not wants_write(flags):
-            return MailboxHandle(self, ctx.uid, policy, tree.kept.get((self.inode, ctx.uid)), None)
+            key = (self.inode, ctx.uid)
+            h = MailboxHandle(self, ctx.uid, policy, tree.kept.get(key), None)
+            if tree.kept.error(key):            # a write-only open's batch was lost
+                h.errors.append(tree.kept.error(key))
+            return h
         if policy == "off":
             raise FUSEError(errno.EACCES)
         budget = Budget(tree.memory, tree.session_budget)
@@ -279,8 +288,9 @@ class MailboxHandle(Handle):
                 self.budget.release(first.reserved - (len(self.answers) - before))
             if first.error:
                 self.errors.append(first.error)
-            elif self.write_only:           # its writer reads nothing: keep them for a reader
-                box.tree.kept.add((box.inode, self.uid), first.answers, fresh=not self.kept)
+            if self.write_only:             # its writer reads nothing: keep them for a reader,
+                box.tree.kept.add((box.inode, self.uid), first.answers,     # or the failure
+                                  fresh=not self.kept, error=first.error)
                 self.kept = True
         self.changed.set()
         self.changed = trio.Event()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from ..spec import render
 from .nodes import Fetch, Node, SnapshotFile
@@ -33,6 +33,16 @@ def views(name: str, kind: str | None, fetch: Fetch, ctx: Mapping[str, Any] | No
         nodes += [SnapshotFile(f"{name}.{fmt}", rendered(kind, fetch, fmt, ctx or {}), waits=waits)
                   for fmt in ("json", "txt")]
     return nodes
+
+
+def decoded_views(name: str, kind: str, decoded: Callable[[], Awaitable[Any]]) -> list[Node]:
+    """`name.json` and `name.txt` of a structure that `decoded` gives already decoded
+    (one made of several commands' data)."""
+    def view(fmt: str) -> Fetch:
+        async def fetch() -> bytes:
+            return render.show(kind, await decoded(), fmt)
+        return fetch
+    return [SnapshotFile(f"{name}.{fmt}", view(fmt)) for fmt in ("json", "txt")]
 
 
 def text_lines(pairs: Mapping[str, Any]) -> bytes:

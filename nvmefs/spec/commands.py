@@ -3,8 +3,8 @@
 Every command dword field is named here once, as a `Bits` (its spec mnemonic),
 and the builders, the parsers, passthru validation and the sim all use it
 (CNS values are in spec.identify, with the structures they select).
-Opcodes: NVMe Base 2.0 Figure 28 (admin), NVM Command Set 1.0 Figure 18 and
-ZNS 1.1 (I/O); libnvme's names where the spec has none.
+Opcodes: NVMe Base 2.0 Figure 28 (admin), NVM Command Set 1.0 Figure 18, ZNS 1.1
+and Key Value 1.0 (I/O); libnvme's names where the spec has none.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ OP_FLUSH, OP_WRITE, OP_READ, OP_WRITE_UNCOR, OP_COMPARE = 0x00, 0x01, 0x02, 0x04
 OP_WRITE_ZEROES, OP_DSM, OP_VERIFY, OP_RESV_REGISTER, OP_RESV_REPORT = 0x08, 0x09, 0x0C, 0x0D, 0x0E
 OP_RESV_ACQUIRE, OP_IO_MGMT_RECV, OP_RESV_RELEASE, OP_CANCEL, OP_COPY = 0x11, 0x12, 0x15, 0x18, 0x19
 OP_IO_MGMT_SEND, OP_ZONE_MGMT_SEND, OP_ZONE_MGMT_RECV, OP_ZONE_APPEND = 0x1D, 0x79, 0x7A, 0x7D
+# Key Value Command Set 1.0 opcodes (Flush and the Reservation commands are NVM's)
+OP_KV_STORE, OP_KV_RETRIEVE, OP_KV_LIST, OP_KV_DELETE, OP_KV_EXIST = 0x01, 0x02, 0x06, 0x10, 0x14
+
+# I/O Command Set identifiers (Base 2.0 Figure 286)
+CSI_NVM, CSI_KV, CSI_ZNS = 0x00, 0x01, 0x02
 
 # Log page identifiers (§5.16.1)
 LID_SUPPORTED_LOGS, LID_ERROR, LID_SMART, LID_FW_SLOT, LID_CHANGED_NS = 0x00, 0x01, 0x02, 0x03, 0x04
@@ -92,6 +97,13 @@ LSI, LPO, LOG_CSI = Bits(11, 16, 0xFFFF), Bits(12, 0, (1 << 64) - 1), Bits(14, 2
 FID, SEL, SV, EXHID = Bits(10, 0, 0xFF), Bits(10, 8, 0x7), Bits(10, 31, 1), Bits(11, 0, 1)
 # NVM commands on LBAs (NVM Command Set §3.2): NLB is 0's based
 SLBA, NLB = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFFFF)
+# Protection information (NVM Command Set §5.3): PRINFO (CDW12 29:26: PRACT, PRCHK), the
+# initial reference tag (ILBRT/EILBRT, CDW14), application tag and mask (LBAT/LBATM, CDW15);
+# PRACT 1 with metadata of exactly one 8-byte PI tuple: the controller strips or inserts
+# it and no metadata is transferred
+PRINFO, PRACT = Bits(12, 26, 0xF), Bits(12, 29, 1)
+ILBRT, LBAT, LBATM = Bits(14, 0, 0xFFFFFFFF), Bits(15, 0, 0xFFFF), Bits(15, 16, 0xFFFF)
+PI_SIZE = 8
 # Format NVM (§5.14): LBA format (LBAFU:LBAFL), Secure Erase Settings
 LBAFL, SES, LBAFU = Bits(10, 0, 0xF), Bits(10, 9, 0x7), Bits(10, 12, 0x3)
 # Create I/O CQ/SQ (§5.4, §5.5): QID, QSIZE (0's based); CQ: PC, IEN, IV; SQ: PC, CQID
@@ -107,6 +119,14 @@ DSM_RANGE_SIZE = 16
 # Copy (NVM §3.2.2): SDLBA, NR (0's based), DESFMT; source range entries of format 0h
 SDLBA, COPY_NR, DESFMT = Bits(10, 0, (1 << 64) - 1), Bits(12, 0, 0xFF), Bits(12, 8, 0xF)
 COPY_RANGE_SIZE = 32
+# Zone Management Send / Receive (ZNS 1.1 §3.4.3, §3.4.2): SLBA in CDW10-11; Receive:
+# NUMD (0's based dwords), ZRA, ZRASF, Partial Report; Send: ZSA, Select All
+ZMR_NUMD = Bits(12, 0, 0xFFFFFFFF)
+ZRA, ZRASF, ZRA_PARTIAL = Bits(13, 0, 0xFF), Bits(13, 8, 0xFF), Bits(13, 16, 1)
+ZSA, ZSA_SELECT_ALL = Bits(13, 0, 0xFF), Bits(13, 8, 1)
+ZSA_SET_ZDE = 0x10          # Set Zone Descriptor Extension: the only action with data
+# Key Value (KV 1.0 §3.2): Store's Value Size, Retrieve's and List's Host Buffer Size (bytes)
+KV_SIZE = Bits(10, 0, 0xFFFFFFFF)
 
 
 def command(opcode: int, nsid: int = 0, *fields: tuple[Bits, int], **dwords: int) -> Command:
@@ -176,6 +196,21 @@ def rw(opcode: int, nsid: int, slba: int, nlb: int) -> Command:
     return command(opcode, nsid, (SLBA, slba), (NLB, nlb - 1))
 
 
+def zone_mgmt_recv(nsid: int, slba: int, length: int, zra: int = 0, zrasf: int = 0,
+                   partial: bool = True) -> Command:
+    """Zone Management Receive of `length` bytes (a multiple of 4): the zones from the
+    one holding `slba` on, of state filter `zrasf` (0: all)."""
+    if length <= 0 or length % 4:
+        raise ValueError(f"report length {length} is not a positive multiple of 4")
+    return command(OP_ZONE_MGMT_RECV, nsid, (SLBA, slba), (ZMR_NUMD, length // 4 - 1),
+                   (ZRA, zra), (ZRASF, zrasf), (ZRA_PARTIAL, int(partial)))
+
+
+def zone_mgmt_send(nsid: int, slba: int, zsa: int, select_all: bool = False) -> Command:
+    return command(OP_ZONE_MGMT_SEND, nsid, (SLBA, slba), (ZSA, zsa),
+                   (ZSA_SELECT_ALL, int(select_all)))
+
+
 def rw_fields(cmd: Command) -> tuple[int, int]:
     """(slba, nlb) of an LBA command."""
     return SLBA.get(cmd), NLB.get(cmd) + 1
@@ -227,6 +262,19 @@ def dsm_len(cmd: Command, block: int = 0) -> int:
 def copy_len(cmd: Command, block: int = 0) -> int | None:
     """Format 0h source ranges; other formats are not known here."""
     return (COPY_NR.get(cmd) + 1) * COPY_RANGE_SIZE if DESFMT.get(cmd) == 0 else None
+
+
+def zone_recv_len(cmd: Command, block: int = 0) -> int:
+    return (ZMR_NUMD.get(cmd) + 1) * 4
+
+
+def zone_send_len(cmd: Command, block: int = 0) -> int | None:
+    """None for Set Zone Descriptor Extension (its size is the namespace's ZDES), else 0."""
+    return None if ZSA.get(cmd) == ZSA_SET_ZDE else 0
+
+
+def kv_len(cmd: Command, block: int = 0) -> int:
+    return KV_SIZE.get(cmd)
 
 
 def feature_len(cmd: Command, block: int = 0) -> int | None:

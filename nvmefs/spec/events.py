@@ -22,6 +22,7 @@ TYPE_NAMES = {TYPE_ERROR: "error", TYPE_SMART: "smart", TYPE_NOTICE: "notice",
 # (type, info) -> name; libnvme's NVME_AER_* names, lower case, dashes
 SMART_RELIABILITY, SMART_TEMPERATURE, SMART_SPARE = 0x00, 0x01, 0x02
 NOTICE_NS_CHANGED, NOTICE_FW_ACTIVATION, NOTICE_TELEMETRY = 0x00, 0x01, 0x02
+NAMESPACES_CHANGED = (TYPE_NOTICE, NOTICE_NS_CHANGED)    # (type, info): read them again
 ONE_SHOT_CDQ_TPT, ONE_SHOT_CDQ_FULL = 0x00, 0x01
 INFO_NAMES = {
     (TYPE_ERROR, 0x00): "invalid-db", (TYPE_ERROR, 0x01): "invalid-db-value",

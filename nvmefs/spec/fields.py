@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 # Value kinds. Integers are little-endian as everywhere in NVMe.
 UINT = "uint"      # 1, 2, 4 or 8 bytes -> int
+INT = "int"        # 4 bytes -> signed int, as nvme-cli's JSON prints some (all ones: -1)
 U128 = "u128"      # 16 bytes -> decimal string (nvme-cli prints 128-bit counters as strings)
 ASCII = "ascii"    # space padded text (sn, mn, fr) -> str, cut at the first NUL
 NQN = "nqn"        # NUL padded text (subnqn) -> str
@@ -36,6 +37,12 @@ def u(name: str, offset: int, size: int, text="d", when=None) -> Field:
     return Field(name, offset, size, UINT, text, when)
 
 
+def s32(name: str, offset: int) -> Field:
+    """A 4-byte field nvme-cli's JSON prints as a signed int (json_object_add_value_int)
+    and its text view in hex, as the unsigned value."""
+    return Field(name, offset, 4, INT, "x")
+
+
 def x(name: str, offset: int, size: int, when=None) -> Field:
     """An unsigned field that nvme-cli's text view prints in hex (bit fields)."""
     return Field(name, offset, size, UINT, "x", when)
@@ -45,6 +52,8 @@ def decode_value(f: Field, buf: bytes | memoryview) -> Any:
     raw = bytes(buf[f.offset:f.offset + f.size])
     if f.kind == UINT or f.kind == IEEE:
         return int.from_bytes(raw, "little")
+    if f.kind == INT:
+        return int.from_bytes(raw, "little", signed=True)
     if f.kind == U128:
         return str(int.from_bytes(raw, "little"))
     if f.kind in (ASCII, NQN):
@@ -59,6 +68,8 @@ def decode_value(f: Field, buf: bytes | memoryview) -> Any:
 def encode_value(f: Field, value: Any, buf: bytearray) -> None:
     if f.kind in (UINT, IEEE, U128):
         raw = int(value).to_bytes(f.size, "little")
+    elif f.kind == INT:
+        raw = int(value).to_bytes(f.size, "little", signed=True)
     elif f.kind in (ASCII, NQN):
         pad = b" " if f.kind == ASCII else b"\0"
         raw = str(value).encode("latin-1")[:f.size].ljust(f.size, pad)
@@ -79,7 +90,7 @@ def text_value(f: Field, value: Any) -> str:
     if f.kind == IEEE:
         return f"{value:06x}"
     if f.text == "x" and isinstance(value, int):
-        return hex(value) if value else "0"
+        return hex(value % (1 << 8 * f.size)) if value else "0"
     return str(value)
 
 

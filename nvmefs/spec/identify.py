@@ -6,7 +6,7 @@ fields nvme-cli 2.3 does not print are added after their neighbours.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from .fields import ASCII, HEX, IEEE, NQN, U128, UUID, Field, Layout, kv_text, u, x
 
@@ -19,6 +19,8 @@ CNS_NS = 0x00
 CNS_CTRL = 0x01
 CNS_NS_ACTIVE_LIST = 0x02
 CNS_NS_DESC_LIST = 0x03
+CNS_NS_CS = 0x05            # I/O Command Set specific Identify Namespace (CSI in CDW11)
+CNS_CTRL_CS = 0x06          # I/O Command Set specific Identify Controller (spec.iocs)
 
 ID_CTRL = Layout("id-ctrl", IDENTIFY_SIZE, [
     x("vid", 0, 2), x("ssvid", 2, 2),
@@ -143,6 +145,29 @@ def lba_format_index(flbas: int) -> int:
 def block_size(ns: Mapping[str, Any]) -> int:
     """Bytes per logical block in the LBA format FLBAS selects (decoded Identify Namespace)."""
     return 1 << ns["lbafs"][lba_format_index(ns["flbas"])]["ds"]
+
+
+class NsFormat(NamedTuple):
+    """What a command's data length depends on, for one namespace: its LBA data size,
+    metadata bytes per block, whether metadata is carried in the data (FLBAS bit 4,
+    extended LBAs), its I/O Command Set (CSI, from the descriptor list) and its End-to-end
+    Data Protection Type Settings (DPS: bits 2:0 the protection information type, 0: none)."""
+    block: int
+    ms: int = 0
+    extended: bool = False
+    csi: int = 0
+    dps: int = 0
+
+
+FLBAS_EXTENDED = 1 << 4     # FLBAS bit 4: metadata at the end of each LBA's data (MSET 1)
+DPS_PIT = 0x7               # DPS bits 2:0: the protection information type (0: none)
+
+
+def ns_format(ns: Mapping[str, Any], csi: int = 0) -> NsFormat:
+    """The format of a decoded Identify Namespace."""
+    lbaf = ns["lbafs"][lba_format_index(ns["flbas"])]
+    return NsFormat(1 << lbaf["ds"], lbaf["ms"], bool(ns["flbas"] & FLBAS_EXTENDED), csi,
+                    ns["dps"])
 
 
 def text_id_ns(d: Mapping[str, Any]) -> str:

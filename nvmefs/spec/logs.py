@@ -137,11 +137,14 @@ def effects_tables(buf: bytes) -> tuple[list[int], list[int]]:
 
 
 def decode_effects(buf: bytes, ctx: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The page of command set ctx["csi"] (default 0), as `nvme effects-log --csi=N`:
+    a list of one object. I/O opcodes are named as that command set names them."""
+    csi = ctx.get("csi", 0)
     acs, iocs = effects_tables(buf)
     return [{
-        "command_set_identifier": ctx.get("csi", 0),
+        "command_set_identifier": csi,
         "admin_cmd_set": {f"ACS_{op} ({name_of(ADMIN, op)})": e for op, e in enumerate(acs) if e & CSUPP},
-        "io_cmd_set": {f"IOCS_{op} ({name_of(IO, op)})": e for op, e in enumerate(iocs) if e & CSUPP},
+        "io_cmd_set": {f"IOCS_{op} ({name_of(IO, op, csi)})": e for op, e in enumerate(iocs) if e & CSUPP},
     }]
 
 
@@ -282,6 +285,10 @@ class LogPage:
     open_lsp: int = 0
     # Pages read whole whose length their first `size` bytes give (discovery: NUMREC)
     length_from: Callable[[bytes], int] | None = None
+    # I/O Command Set specific (CSI in CDW14): the raw view is CSI 0's page, the JSON
+    # a list of the decoded pages of every command set in use, in CSI order (the
+    # decoder gives a list for ctx "csi")
+    per_csi: bool = False
 
 
 CNTRLTYPE_DISCOVERY = 2         # Identify Controller CNTRLTYPE (Figure 275)
@@ -301,7 +308,7 @@ LOG_PAGES: dict[int, LogPage] = {p.lid: p for p in [
     LogPage(0x02, "smart", "smart", _fixed(512), lambda idc: True),
     LogPage(0x03, "fw-slot", "fw-slot", _fixed(512), lambda idc: True),
     LogPage(0x04, "changed-ns", "changed-ns", _fixed(4096), _bit("oaes", 8)),
-    LogPage(0x05, "effects", "effects", _fixed(EFFECTS_SIZE), _bit("lpa", 1)),
+    LogPage(0x05, "effects", "effects", _fixed(EFFECTS_SIZE), _bit("lpa", 1), per_csi=True),
     LogPage(0x06, "self-test", "self-test", _fixed(SELF_TEST_SIZE), _bit("oacs", 4)),
     LogPage(0x07, "telemetry-host", "telemetry", _fixed(TELEMETRY_BLOCK), _bit("lpa", 3),
             telemetry_size, LSP_TELEMETRY_CREATE),

@@ -1,4 +1,6 @@
-"""The command table: one row per opcode nvmefs knows, per queue.
+"""The command table: one row per opcode nvmefs knows, per queue, and for I/O per
+I/O Command Set (CSI: NVM 0, Key Value 1, Zoned Namespace 2), since an I/O opcode
+means what the command set of the namespace it names says (01h: Write or Store).
 
 A row gives the command's name (as nvme-cli prints it), the least --passthru
 policy that admits it, the effects nvmefs assumes whatever the controller's
@@ -92,6 +94,14 @@ _ROWS = [
     Opcode(ADMIN, C.OP_SANITIZE, "Sanitize", effects=_LBCC | _CSE_ALL),
     Opcode(ADMIN, C.OP_GET_LBA_STATUS, "Get LBA Status", READONLY),
 
+    # I/O commands of every I/O Command Set (Base 2.1): the daemon's queues own them
+    Opcode(IO, C.OP_CANCEL, "Cancel", queue_mgmt=True),
+    Opcode(IO, C.OP_FABRICS, "Fabrics Command", queue_mgmt=True),
+]
+
+# The NVM Command Set's I/O commands (NVM Command Set 1.0 Figure 18, I/O Management
+# from 2.1); the Zoned Namespace Command Set takes them too (ZNS 1.1 Figure 20)
+_NVM_ROWS = [
     Opcode(IO, C.OP_FLUSH, "Flush"),
     Opcode(IO, C.OP_WRITE, "Write", effects=_LBCC, data_len=C.lba_len),
     Opcode(IO, C.OP_READ, "Read", READONLY, data_len=C.lba_len),
@@ -105,33 +115,62 @@ _ROWS = [
     Opcode(IO, C.OP_RESV_ACQUIRE, "Reservation Acquire", effects=_CCC),
     Opcode(IO, C.OP_IO_MGMT_RECV, "I/O Management Receive", READONLY),
     Opcode(IO, C.OP_RESV_RELEASE, "Reservation Release", effects=_CCC),
-    Opcode(IO, C.OP_CANCEL, "Cancel", queue_mgmt=True),
     Opcode(IO, C.OP_COPY, "Copy", effects=_LBCC, data_len=C.copy_len),
     Opcode(IO, C.OP_IO_MGMT_SEND, "I/O Management Send", effects=_CCC),
-    Opcode(IO, C.OP_ZONE_MGMT_SEND, "Zone Management Send", effects=_LBCC),
-    Opcode(IO, C.OP_ZONE_MGMT_RECV, "Zone Management Receive", READONLY),
-    Opcode(IO, C.OP_ZONE_APPEND, "Zone Append", effects=_LBCC, data_len=C.lba_len),
-    Opcode(IO, C.OP_FABRICS, "Fabrics Command", queue_mgmt=True),
 ]
 
-OPCODES: dict[str, dict[int, Opcode]] = {q: {r.opcode: r for r in _ROWS if r.queue == q}
-                                         for q in (ADMIN, IO)}
+# Zoned Namespace Command Set 1.1 §3.4: its own commands
+_ZNS_ROWS = [
+    Opcode(IO, C.OP_ZONE_MGMT_SEND, "Zone Management Send", effects=_LBCC,
+           data_len=C.zone_send_len),
+    Opcode(IO, C.OP_ZONE_MGMT_RECV, "Zone Management Receive", READONLY,
+           data_len=C.zone_recv_len),
+    Opcode(IO, C.OP_ZONE_APPEND, "Zone Append", effects=_LBCC, data_len=C.lba_len),
+]
+
+# Key Value Command Set 1.0 Figure 17 (names as libnvme's nvme_kv_opcode); Flush and
+# the Reservation commands are the NVM ones
+_KV_ROWS = [row for row in _NVM_ROWS if row.opcode in (
+    C.OP_FLUSH, C.OP_RESV_REGISTER, C.OP_RESV_REPORT, C.OP_RESV_ACQUIRE, C.OP_RESV_RELEASE)] + [
+    Opcode(IO, C.OP_KV_STORE, "Store", effects=_LBCC, data_len=C.kv_len),
+    Opcode(IO, C.OP_KV_RETRIEVE, "Retrieve", READONLY, data_len=C.kv_len),
+    Opcode(IO, C.OP_KV_LIST, "List", READONLY, data_len=C.kv_len),
+    Opcode(IO, C.OP_KV_DELETE, "Delete", effects=_LBCC),
+    Opcode(IO, C.OP_KV_EXIST, "Exist", READONLY),
+]
+
+# The I/O commands of each I/O Command Set, by CSI, with those common to all (_ROWS)
+_COMMON_IO = [r for r in _ROWS if r.queue == IO]
+COMMAND_SETS: dict[int, dict[int, Opcode]] = {
+    csi: {r.opcode: r for r in _COMMON_IO + rows} for csi, rows in (
+        (C.CSI_NVM, _NVM_ROWS), (C.CSI_KV, _KV_ROWS), (C.CSI_ZNS, _NVM_ROWS + _ZNS_ROWS))}
+_UNKNOWN_SET = {r.opcode: r for r in _COMMON_IO}     # a CSI nvmefs has no table for
+
+# The admin table, and the NVM Command Set's I/O table (CSI 0)
+OPCODES: dict[str, dict[int, Opcode]] = {ADMIN: {r.opcode: r for r in _ROWS if r.queue == ADMIN},
+                                         IO: COMMAND_SETS[C.CSI_NVM]}
 
 
-def lookup(queue: str, opcode: int) -> Opcode | None:
-    return OPCODES[queue].get(opcode)
+def table(queue: str, csi: int = C.CSI_NVM) -> dict[int, Opcode]:
+    """The opcodes of a queue: admin, or the I/O commands of command set `csi`."""
+    return OPCODES[ADMIN] if queue == ADMIN else COMMAND_SETS.get(csi, _UNKNOWN_SET)
 
 
-def name_of(queue: str, opcode: int) -> str:
-    op = OPCODES[queue].get(opcode)
+def lookup(queue: str, opcode: int, csi: int = C.CSI_NVM) -> Opcode | None:
+    return table(queue, csi).get(opcode)
+
+
+def name_of(queue: str, opcode: int, csi: int = C.CSI_NVM) -> str:
+    op = table(queue, csi).get(opcode)
     return op.name if op else "Unknown"
 
 
 # Per queue, the opcodes that may change namespaces or their identify data (effects
 # NCC or NIC, Figure 210): identify must be read again before the next request is checked.
 CHANGES_NAMESPACES: dict[str, frozenset[int]] = {
-    q: frozenset(op for op, row in rows.items() if row.effects & (_NCC | _NIC))
-    for q, rows in OPCODES.items()}
+    q: frozenset(op for rows in tables for op, row in rows.items()
+                 if row.effects & (_NCC | _NIC))
+    for q, tables in ((ADMIN, [OPCODES[ADMIN]]), (IO, COMMAND_SETS.values()))}
 
 
 def changes_namespaces(opcode: int, queue: str) -> bool:

@@ -1,7 +1,7 @@
 """Submission and completion queue entries (NVMe Base 2.0 §4.2, §4.6).
 
-`Command` is the 64-byte SQE, `Completion` the 16-byte CQE plus the data the
-command returned. Status is kept in the 15-bit form Linux and libnvme use:
+`Command` is the 64-byte SQE, `Completion` the 16-byte CQE plus the data (and
+separate metadata) the command returned. Status is kept in the 15-bit form Linux and libnvme use:
 SC bits 7:0, SCT 10:8, CRD 12:11, More 13, DNR 14 (the CQE's DW3[31:17]).
 """
 
@@ -79,6 +79,7 @@ class Completion(NamedTuple):
     sqid: int = 0
     cid: int = 0
     data: bytes = b""         # data in, as the command returned it
+    metadata: bytes = b""     # metadata in (a separate buffer, MPTR), as the command returned it
 
     @property
     def sc(self) -> int:
@@ -111,6 +112,7 @@ class Completion(NamedTuple):
                                (self.status << 1 | phase & 1) & 0xFFFF)
 
     @classmethod
-    def decode(cls, buf: bytes | memoryview, data: bytes = b"") -> "Completion":
+    def decode(cls, buf: bytes | memoryview, data: bytes = b"",
+               metadata: bytes = b"") -> "Completion":
         dw0, dw1, sqhd, sqid, cid, sf = CQE_LAYOUT.unpack_from(buf)
-        return cls(sf >> 1, dw0, dw1, sqhd, sqid, cid, data)
+        return cls(sf >> 1, dw0, dw1, sqhd, sqid, cid, data, metadata)

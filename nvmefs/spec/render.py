@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from . import cdq, discovery, features, identify, logs, registers
+from . import cdq, discovery, features, identify, iocs, logs, registers, zones
 from .fields import Layout, kv_text
 
 FORMATS = ("raw", "json", "txt")
@@ -54,6 +54,14 @@ RENDERERS: dict[str, Renderer] = {r.kind: r for r in [
              lambda raw, ctx: identify.decode_id_ctrl(raw), identify.text_id_ctrl),
     Renderer("id-ns", "Identify Namespace", identify.IDENTIFY_SIZE,
              lambda raw, ctx: identify.decode_id_ns(raw), identify.text_id_ns),
+    Renderer("nvm-id-ns", "NVM Command Set Identify Namespace", identify.IDENTIFY_SIZE,
+             iocs.decode_nvm_id_ns, iocs.text_nvm_id_ns),
+    _layout("nvm-id-ctrl", "NVM Command Set Identify Controller", iocs.NVM_ID_CTRL),
+    Renderer("zns-id-ns", "Zoned Namespace Command Set Identify Namespace",
+             identify.IDENTIFY_SIZE, iocs.decode_zns_id_ns, iocs.text_zns_id_ns),
+    _layout("zns-id-ctrl", "Zoned Namespace Command Set Identify Controller", iocs.ZNS_ID_CTRL),
+    Renderer("zone-report", "Zone Management Receive report", zones.REPORT_HEADER_SIZE,
+             zones.decode_report_json),
     Renderer("ns-list", "Active Namespace ID list", 4,
              lambda raw, ctx: {"nsid_list": identify.decode_ns_list(raw)}),
     _layout("smart", "SMART / Health Information log", logs.SMART),
@@ -87,9 +95,15 @@ def render(kind: str, raw: bytes, fmt: str, ctx: Mapping[str, Any] | None = None
     """The `fmt` view ("raw", "json" or "txt") of a structure of `kind`."""
     if fmt == "raw":
         return bytes(raw)
-    decoded = decode(kind, raw, ctx)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return show(kind, decode(kind, raw, ctx), fmt)
+
+
+def show(kind: str, decoded: Any, fmt: str) -> bytes:
+    """The `fmt` view ("json" or "txt") of a decoded structure of `kind`."""
     if fmt == "json":
         return (json.dumps(decoded, indent=2) + "\n").encode()
     if fmt == "txt":
         return RENDERERS[kind].text(decoded).encode()
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    raise ValueError(f"unknown format {fmt!r}; expected json or txt")

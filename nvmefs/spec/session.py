@@ -5,8 +5,9 @@ The bytes written on an open mailbox are one stream. `receive_data` adds to it;
 `next_request(target)` returns the next whole, valid request, or NEED_DATA, or
 the RequestError of a bad one (returned, not raised). A text request is whole
 at its newline; a binary one once its 64 bytes and all its host-to-controller
-data are in, and its header is checked as soon as its 64 bytes are, so a bad
-one never waits for its data. Blank and `#` comment lines are skipped.
+data and metadata are in, and its header is checked as soon as its 64 bytes
+are, so a bad one never waits for its data. Blank and `#` comment lines are
+skipped.
 
 Text or binary is decided per request by its first byte: one that cannot start
 text is binary; one that can is text unless it is also an opcode a binary entry
@@ -121,15 +122,21 @@ class MailboxSession:
                 return NEED_DATA, i
             if not (ambiguous and buf[i + 1] == 0):
                 return self._line(target, i)
-        # a binary entry: whole once its 64 bytes and its data (if it sends any) are in
+        # a binary entry: whole once its 64 bytes, then its data and its metadata (if it
+        # sends any), are in
         if len(buf) - i < SQE_SIZE:
             return NEED_DATA, i
         req = parse_header(buf, i, target.queue)
         validate(req, target)
-        end = i + SQE_SIZE + req.data_out_len
+        data_end = i + SQE_SIZE + req.data_out_len
+        end = data_end + req.metadata_out_len
         if len(buf) < end:
             return NEED_DATA, i
-        if end > i + SQE_SIZE:
+        if end > data_end:
+            with memoryview(buf) as view:
+                req = req._replace(data_out=view[i + SQE_SIZE:data_end].tobytes(),
+                                   metadata_out=view[data_end:end].tobytes())
+        elif end > i + SQE_SIZE:
             with memoryview(buf) as view:
                 req = req._replace(data_out=view[i + SQE_SIZE:end].tobytes())
         return req, self._base + end

@@ -144,6 +144,16 @@ STATUS: dict[tuple[int, int], Status] = {
         86 FAST_COPY_NOT_POSSIBLE        EIO
         87 OVERLAPPING_IO_RANGE          EINVAL
         89 INSUFFICIENT_RESOURCES        ENOSPC
+        b6 ZNS_INVALID_OP_REQUEST        EINVAL
+        b7 ZNS_ZRWA_RESOURCES_UNAVAILABLE ETOOMANYREFS
+        b8 ZNS_BOUNDARY_ERROR            EIO
+        b9 ZNS_FULL                      ENOSPC
+        ba ZNS_READ_ONLY                 EROFS
+        bb ZNS_OFFLINE                   EIO
+        bc ZNS_INVALID_WRITE             EIO
+        bd ZNS_TOO_MANY_ACTIVE           ETOOMANYREFS
+        be ZNS_TOO_MANY_OPENS            ETOOMANYREFS
+        bf ZNS_INVAL_TRANSITION          EINVAL
     """),
     **_table(MEDIA, """
         80 WRITE_FAULT                   EIO
@@ -186,8 +196,23 @@ FIRMWARE_IMAGE = make_status(CMD_SPECIFIC, 0x07, dnr=True)
 ASYNC_LIMIT = make_status(CMD_SPECIFIC, 0x05)
 INVALID_CDQ = make_status(CMD_SPECIFIC, 0x37, dnr=True)
 NOT_ENOUGH_RESOURCES = make_status(CMD_SPECIFIC, 0x38, dnr=True)
+INVALID_IOCS = make_status(CMD_SPECIFIC, 0x2C, dnr=True)
+# Zoned Namespace Command Set 1.1 Figure 26, by the spec's names
+INVALID_ZONE_OPERATION_REQUEST = make_status(CMD_SPECIFIC, 0xB6, dnr=True)
+ZONE_BOUNDARY_ERROR = make_status(CMD_SPECIFIC, 0xB8, dnr=True)
+ZONE_IS_FULL = make_status(CMD_SPECIFIC, 0xB9, dnr=True)
+ZONE_IS_READ_ONLY = make_status(CMD_SPECIFIC, 0xBA, dnr=True)
+ZONE_IS_OFFLINE = make_status(CMD_SPECIFIC, 0xBB, dnr=True)
+ZONE_INVALID_WRITE = make_status(CMD_SPECIFIC, 0xBC, dnr=True)
+TOO_MANY_ACTIVE_ZONES = make_status(CMD_SPECIFIC, 0xBD, dnr=True)
+TOO_MANY_OPEN_ZONES = make_status(CMD_SPECIFIC, 0xBE, dnr=True)
+INVALID_ZONE_STATE_TRANSITION = make_status(CMD_SPECIFIC, 0xBF, dnr=True)
 COMPARE_FAILED = make_status(MEDIA, 0x85, dnr=True)
+HOST_PATH_ERROR = make_status(PATH, 0x70)
 HOST_ABORTED = make_status(PATH, 0x71)
+# What the host's own path gives a command it did not carry through, e.g. while the
+# controller resets (Base 2.0 §4.2.3.1: retrying may succeed)
+HOST_TRANSIENT = frozenset({HOST_PATH_ERROR, HOST_ABORTED})
 
 
 def describe(status: int) -> Status:

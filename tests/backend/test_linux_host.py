@@ -11,6 +11,7 @@ from nvmefs.backends import TransportError, controller_class
 from nvmefs.backends.linux import LinuxController, completion, parse_uri
 from nvmefs.backends.ffi import ffi, lib
 from nvmefs.backends.linux.ring import Ring
+from nvmefs.spec import status as S
 
 
 def test_wire_sizes_and_ioctl_numbers():
@@ -30,9 +31,23 @@ def test_result_decoder():
     with pytest.raises(TransportError) as e:
         completion(-errno.EACCES, 0, b"", 1, "t")
     assert e.value.errno == errno.EACCES and "CAP_SYS_ADMIN" in str(e.value)
-    with pytest.raises(TransportError) as e:
-        completion(-errno.ENODEV, 0, b"", 1, "t")
-    assert e.value.errno == errno.ENODEV
+    for err, seen in [(errno.ENODEV, errno.ENODEV), (errno.ENXIO, errno.ENODEV),    # gone
+                      (errno.EINVAL, errno.EINVAL), (errno.EOPNOTSUPP, errno.EOPNOTSUPP)]:
+        with pytest.raises(TransportError) as e:        # the batch's failure
+            completion(-err, 0, b"", 1, "t")
+        assert e.value.errno == seen
+
+
+@pytest.mark.parametrize("err,expected", [(errno.EINTR, S.HOST_ABORTED),
+                                          (errno.ECANCELED, S.HOST_ABORTED),
+                                          (errno.EFAULT, S.HOST_PATH_ERROR),
+                                          (errno.EIO, S.HOST_PATH_ERROR),
+                                          (errno.EAGAIN, S.HOST_PATH_ERROR)])
+def test_an_errno_of_one_command_is_its_answer(err, expected):
+    """A reset ends commands in flight with EINTR (cancelled) or, on 6.1, EFAULT: each
+    is that command's status; the rest of its batch is unaffected."""
+    cpl = completion(-err, 0, b"", 7, "t")
+    assert (cpl.status, cpl.cid) == (expected, 7)
 
 
 def test_uris():

@@ -198,7 +198,7 @@ async def test_format_changes_the_lba_format_and_reports_the_namespace():
         assert (event["type_name"], event["info_name"]) == ("notice", "ns-attr-changed")
         assert event["log"]["nvme0"] == {"[   1]": "0x1"}
         assert (await c.get_log(4, 4096)).data == bytes(4096)
-        assert (await c.admin(Command(0x80, nsid=1, cdw10=7))).status == S.INVALID_FORMAT
+        assert (await c.admin(Command(0x80, nsid=1, cdw10=8))).status == S.INVALID_FORMAT
 
 
 def test_self_test_runs_to_completion():
@@ -721,3 +721,16 @@ async def test_null_mode_completes_io_without_storage_and_admin_as_usual():
         assert (await c.get_log(2, 512)).data == smart
         assert identify.decode_id_ctrl(c.id_ctrl_raw)["mn"].strip() == "nvmefs simulated controller"
         assert (await c.admin(Command(0x7F))).status == S.INVALID_OPCODE
+
+
+async def test_the_namespace_attribute_changed_notice_reads_the_namespaces_again():
+    """A Format sent as a raw command (not through passthru, which refreshes itself):
+    the controller's notice alone makes the host read Identify again."""
+    async with controller("sim:size=64M") as c:
+        generation = c.generation
+        assert (await c.admin(Command(0x80, nsid=1, cdw10=1))).ok
+        with trio.fail_after(1):
+            while c.generation == generation:
+                await trio.sleep(0.01)
+        ns = identify.decode_id_ns((await c.identify_ns(1)).data)
+        assert identify.block_size(ns) == 4096

@@ -8,6 +8,7 @@ import pytest
 import trio
 from pyfuse3 import FUSEError
 
+from nvmefs.backends import TransportError
 from nvmefs.fs.passthru import MAX_PRIVATE
 from nvmefs.fs.waits import MAX_WAITERS
 from nvmefs.spec import passthru as P
@@ -273,3 +274,25 @@ async def test_kept_answers_give_way_to_new_requests():
         assert cids(await read_fh(ops, fh), 512 * 1024) == [8, 9]
         fh = await open_file(ops, "nvme0/passthru/io.a", os.O_RDONLY)
         assert await read_fh(ops, fh) == b""        # the least recently kept gave way
+
+
+async def test_a_write_only_batch_lost_to_the_transport_fails_its_write_and_the_next_reader():
+    """`echo REQUEST > passthru/io.t; head passthru/io.t`: the errno reaches both."""
+    async with mounted_ops() as (ops, ctrls):
+        carry = ctrls[0].submit_batch
+
+        async def gone(reqs):           # I/O batches only: the tree's own reads still work
+            if reqs[0].queue != "io":
+                return await carry(reqs)
+            raise TransportError("the controller is gone", errno.ENXIO)
+        ctrls[0].submit_batch = gone
+        parent = await inode_of(ops, "nvme0/passthru")
+        info, _ = await ops.create(parent, b"io.t", 0o600, WO, Ctx())
+        with pytest.raises(FUSEError) as e:
+            await ops.write(info.fh, 0, read_req(0, cid=1, text=True))
+        assert e.value.errno == errno.ENXIO
+        await ops.release(info.fh)
+        fh = await open_file(ops, "nvme0/passthru/io.t", os.O_RDONLY)
+        with pytest.raises(FUSEError) as e:
+            await read_fh(ops, fh)
+        assert e.value.errno == errno.ENXIO

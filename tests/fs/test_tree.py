@@ -17,6 +17,8 @@ async def test_one_directory_per_controller():
     async with mounted_ops("sim:size=64M", "sim:size=64M,namespaces=2") as (ops, ctrls):
         assert await listing(ops, "") == ["nvme0", "nvme1", "metrics"]
         assert await listing(ops, "nvme0") == ["info", "identify", "identify.json", "identify.txt",
+                                               "identify-nvm", "identify-nvm.json",
+                                               "identify-nvm.txt",
                                                "log", "features", "ns", "passthru", "cdq",
                                                "events", "reset", "faults"]
         assert await listing(ops, "nvme1/ns") == ["1", "2"]

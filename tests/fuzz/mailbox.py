@@ -71,6 +71,7 @@ from typing import NamedTuple
 
 from nvmefs.spec import commands as C
 from nvmefs.spec import passthru as P
+from nvmefs.spec.identify import DPS_PIT, NsFormat
 from nvmefs.spec.logs import CCC, CSE_MASK, CSUPP, LBCC, NCC, NIC, effects_tables
 from nvmefs.spec.passthru import encode_request
 from nvmefs.spec.queue import Command
@@ -137,22 +138,26 @@ class Ctl:
     effects: dict[str, list[int]]
     identify: bytes
     features: list[int]
+    formats: dict[int, NsFormat] = field(default_factory=dict)     # nsid -> ms, mset, dps
 
     @classmethod
     def read(cls, root: Path) -> "Ctl":
         info = _keys((root / "info").read_text())
-        namespaces = {}
+        namespaces, formats = {}, {}
         for nsid in map(int, info.get("namespaces", "").split()):
             ns = _keys((root / "ns" / str(nsid) / "info").read_text())
             namespaces[nsid] = (int(ns["block_size"]), int(ns["blocks"]))
+            formats[nsid] = NsFormat(int(ns["block_size"]), int(ns.get("ms", 0)),
+                                     bool(int(ns.get("mset", 0))), 0, int(ns.get("dps", 0)))
         admin, io = effects_tables((root / "log" / "effects").read_bytes())
         features = sorted(int(name, 16) for name in os.listdir(root / "features" / "by-id"))
         return cls(int(info["mdts"]), namespaces, {ADMIN: admin, IO: io},
-                   (root / "identify").read_bytes(), features)
+                   (root / "identify").read_bytes(), features, formats)
 
     def target(self, queue: str, policy: str) -> P.Target:
-        return P.Target(queue, policy, self.mdts,
-                        {n: bs for n, (bs, _) in self.namespaces.items()}, self.effects[queue])
+        effects = self.effects[queue]       # the I/O ones are CSI 0's: NVM namespaces
+        return P.Target(queue, policy, self.mdts, self.formats,
+                        {0: effects} if queue == IO else effects)
 
     def changes_namespaces(self, queue: str, opcode: int) -> bool:
         return opcode in NS_CHANGING[queue] or bool(self.effects[queue][opcode] & (NCC | NIC))
@@ -167,6 +172,19 @@ def _keys(text: str) -> dict[str, str]:
     return out
 
 
+def lba_lengths(fmt: NsFormat, cdw12: int) -> tuple[int, tuple[int, ...]]:
+    """Binary requests, metadata: the data_len and the metadata_len values a Read, Write
+    or Compare of this format takes: extended LBAs, block+ms each in the data; separate,
+    ms each in metadata_len; PRACT with 8-byte protection information, none moved."""
+    n = (cdw12 & 0xFFFF) + 1
+    strip = bool(cdw12 >> 29 & 1 and fmt.dps & DPS_PIT and fmt.ms == 8)
+    if not fmt.ms or (strip and fmt.extended):
+        return n * fmt.block, (0,)
+    if fmt.extended:
+        return n * (fmt.block + fmt.ms), (0,)
+    return n * fmt.block, (0, n * fmt.ms) if strip else (n * fmt.ms,)
+
+
 def field_verdict(queue: str, policy: str, ctl: Ctl, op: int, flags: int, nsid: int, mptr: int,
                   dlen: int, mlen: int, tmo: int, rsvd: int, cdw10: int, cdw11: int,
                   cdw12: int) -> tuple[set, set]:
@@ -175,9 +193,12 @@ def field_verdict(queue: str, policy: str, ctl: Ctl, op: int, flags: int, nsid: 
     direction = op & 3
     if flags or mptr or rsvd:
         must.add(errno.EINVAL)
-    if mlen:
-        must.add(errno.EOPNOTSUPP)         # "metadata"; the binary table also says "must be 0"
-        may.add(errno.EINVAL)
+    if mlen and not (queue == IO and op in LBA_SIZED):
+        must.add(errno.EINVAL)             # only Read, Write, Compare move metadata
+    if mlen and direction == 0:
+        must.add(errno.EINVAL)
+    if ctl.mdts and mlen > ctl.mdts:
+        must.add(errno.E2BIG)
     if direction == 3:
         must.add(errno.EINVAL)
     if direction == 0 and dlen:
@@ -203,8 +224,9 @@ def field_verdict(queue: str, policy: str, ctl: Ctl, op: int, flags: int, nsid: 
         numd = cdw10 >> 16 | (cdw11 & 0xFFFF) << 16
         if dlen != (numd + 1) * 4:
             must.add(errno.EINVAL)
-    if queue == IO and op in LBA_SIZED and nsid in ctl.namespaces:
-        if dlen != ((cdw12 & 0xFFFF) + 1) * ctl.namespaces[nsid][0]:
+    if queue == IO and op in LBA_SIZED and nsid in ctl.formats:
+        data, metadata = lba_lengths(ctl.formats[nsid], cdw12)
+        if dlen != data or mlen not in metadata:
             must.add(errno.EINVAL)
     if queue == ADMIN and op == 0x11 and dlen != (cdw10 + 1) * 4:      # Firmware Image Download
         must.add(errno.EINVAL)
@@ -229,17 +251,17 @@ def text_verdict(line: bytes, queue: str, policy: str, ctl: Ctl) -> Verdict:
     if not words:
         return Verdict(frozenset(), frozenset(), "blank")
     fields: dict[str, int] = {}
-    data: bytes | None = None
+    blobs: dict[str, bytes] = {}
     lenient = False
     for word in words:
         key, eq, value = word.partition("=")
-        if not eq or (key not in TEXT_WIDTH and key != "data") or key in fields \
-                or (key == "data" and data is not None):
+        if not eq or (key not in TEXT_WIDTH and key not in ("data", "metadata")) \
+                or key in fields or key in blobs:
             return bad
-        if key == "data":
+        if key in ("data", "metadata"):
             if len(value) % 2 or not all(c in "0123456789abcdefABCDEF" for c in value):
                 return bad
-            data = bytes.fromhex(value)
+            blobs[key] = bytes.fromhex(value)
             continue
         if _STRICT_NUMBER.fullmatch(value):
             if value[:2].lower() != "0x" and len(value) > sys.get_int_max_str_digits():
@@ -258,18 +280,21 @@ def text_verdict(line: bytes, queue: str, policy: str, ctl: Ctl) -> Verdict:
     if "opcode" not in fields:
         return bad
     op = fields["opcode"]
-    dlen = fields.get("data_len", len(data) if data is not None else 0)
+    lengths = {k: fields.get(f"{k}_len", len(blobs[k]) if k in blobs else 0)
+               for k in ("data", "metadata")}
     must, may = field_verdict(queue, policy, ctl, op, fields.get("flags", 0), fields.get("nsid", 0),
-                              0, dlen, fields.get("metadata_len", 0), fields.get("timeout_ms", 0),
+                              0, lengths["data"], lengths["metadata"], fields.get("timeout_ms", 0),
                               0, fields.get("cdw10", 0), fields.get("cdw11", 0),
                               fields.get("cdw12", 0))
-    if op & 3 == 1:
-        if (data is None and dlen) or (data is not None and len(data) != dlen):
-            must.add(errno.EINVAL)         # data=hex is the data of a host-to-controller command
-    elif data:
-        must.add(errno.EINVAL)
-    elif data is not None:
-        may.add(errno.EINVAL)              # an empty data= on a command without data out
+    for key, length in lengths.items():     # data= and metadata= (hex): what a write sends
+        blob = blobs.get(key)
+        if op & 3 == 1:
+            if (blob is None and length) or (blob is not None and len(blob) != length):
+                must.add(errno.EINVAL)
+        elif blob:
+            must.add(errno.EINVAL)
+        elif blob is not None:
+            may.add(errno.EINVAL)          # an empty one on a command without data out
     if lenient:
         may.add(errno.EINVAL)
     return Verdict(frozenset(must), frozenset(may), "text")

@@ -59,7 +59,9 @@ def test_smart_equals_nvme_cli_but_for_live_counters(mounted):
 def test_the_same_tree_as_on_sim(mounted):
     d = mounted / "nvme0"
     assert sorted(os.listdir(mounted)) == ["metrics", "nvme0"]
+    # QEMU 7.2 names the namespace's command set (NVM) in its descriptor list
     assert sorted(os.listdir(d)) == sorted(["info", "identify", "identify.json", "identify.txt",
+                                            "identify-nvm", "identify-nvm.json", "identify-nvm.txt",
                                             "log", "features", "ns", "passthru", "cdq",
                                             "events", "reset"])
     assert os.listdir(d / "ns") == ["1"]
@@ -138,8 +140,10 @@ def test_default_policy_on_a_real_controller(tmp_path):
 
 def test_nvmefs_list():
     r = subprocess.run(["nvmefs", "list"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and r.stdout.startswith("/dev/nvme0  QEMU NVMe Ctrl")
-    assert "/dev/ng0n1" in r.stdout
+    subsystem, ctrl, *_ = r.stdout.splitlines()
+    assert r.returncode == 0 and subsystem == "nqn.2019-08.org.qemu:nvmefs0001"
+    assert ctrl.startswith("  /dev/nvme0  QEMU NVMe Ctrl") and "cntlid 0" in ctrl
+    assert ctrl.endswith("namespaces: /dev/ng0n1")
 
 
 def events_after(root, action, timeout: float = 20) -> dict:

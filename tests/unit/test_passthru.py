@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nvmefs.spec import identify as ID
 from nvmefs.spec import passthru as P
 from nvmefs.spec import status as S
 from nvmefs.spec.commands import (FID_AUTO_PST, FID_HOST_ID, FID_HOST_MEM_BUF, FID_TIMESTAMP,
@@ -17,7 +18,7 @@ from nvmefs.spec.queue import CQE_SIZE, SQE_SIZE, Command, Completion, make_stat
 from nvmefs.spec.session import NEED_DATA, MailboxSession
 
 ADMIN_T = P.Target("admin", "all", 512 * 1024)
-IO_T = P.Target("io", "all", 512 * 1024, {1: 512, 2: 4096})
+IO_T = P.Target("io", "all", 512 * 1024, {1: ID.NsFormat(512), 2: ID.NsFormat(4096)})
 req = P.encode_request
 
 
@@ -68,7 +69,7 @@ def test_text_requests():
     (req(OP_IDENTIFY, cdw10=1, data_len=4096, flags=0x01), errno.EINVAL),    # fused
     (req(OP_IDENTIFY, cdw10=1, data_len=4096, flags=0x40), errno.EINVAL),    # PSDT
     (req(OP_IDENTIFY, cdw10=1, data_len=4096, flags=0x04), errno.EINVAL),    # reserved flags
-    (req(OP_IDENTIFY, cdw10=1, data_len=4096, metadata_len=8), errno.EOPNOTSUPP),
+    (req(OP_IDENTIFY, cdw10=1, data_len=4096, metadata_len=8), errno.EINVAL),   # admin: none
     (req(OP_IDENTIFY, cdw10=1, data_len=4094), errno.EINVAL),                # not a multiple of 4
     (req(0x10, data_len=4096), errno.EINVAL),                                # no-data opcode with data
     (req(0x03, data_len=4), errno.EINVAL),                                   # bidirectional
@@ -132,7 +133,7 @@ def test_queue_management_is_eperm_in_every_policy_before_anything_else():
         # even a request malformed otherwise (data on a no-data opcode, odd length)
         assert refused(req(0x08, data_len=3, flags=1), t) == errno.EPERM
     for policy in P.POLICIES:
-        t = P.Target("io", policy, 4096, {1: 512})
+        t = P.Target("io", policy, 4096, {1: ID.NsFormat(512)})
         assert refused(req(0x18, nsid=9), t) == refused(req(OP_FABRICS), t) == errno.EPERM
 
 
@@ -142,7 +143,7 @@ def test_policies():
     assert P.weaker("off", "all") == "off" and P.weaker("readonly", "readonly") == "readonly"
     info_ok = [("admin", 0x02), ("admin", 0x06), ("admin", 0x0A)]
     readonly_ok = info_ok + [("admin", 0x1A), ("admin", 0x86), ("io", 0x02), ("io", 0x05), ("io", 0x0C),
-                             ("io", 0x0E), ("io", 0x7A)]
+                             ("io", 0x0E)]
     all_ok = readonly_ok + [("admin", 0x09), ("admin", 0x80), ("admin", 0x84), ("admin", 0x10),
                             ("admin", 0x0D), ("admin", 0xC0), ("io", 0x01), ("io", 0x09), ("io", 0x90)]
     for policy, ok in (("off", []), ("info", info_ok), ("readonly", readonly_ok), ("all", all_ok)):
@@ -153,10 +154,14 @@ def test_policies():
     assert not P.admits("readonly", "admin", 0x02, CSUPP | LBCC)
     assert not P.admits("info", "admin", 0x06, CSUPP | NCC)
     assert P.admits("all", "admin", 0x06, CSUPP | NCC)
+    # the I/O opcodes are those of a command set: Zone Management Receive is ZNS's (CSI 2)
+    assert P.admits("readonly", "io", 0x7A, csi=2) and not P.admits("readonly", "io", 0x7A)
+    assert not P.admits("readonly", "io", 0x79, csi=2) and P.admits("all", "io", 0x79, csi=2)
+    assert P.admits("readonly", "io", 0x02, csi=1) and not P.admits("readonly", "io", 0x01, csi=1)
 
 
 def test_refused_by_policy_is_eacces_with_the_policy_it_needs():
-    t = P.Target("io", "info", 4096, {1: 512})
+    t = P.Target("io", "info", 4096, {1: ID.NsFormat(512)})
     out = parse(req(OP_READ, nsid=1, data_len=512), t)
     assert out.errno == errno.EACCES and "--passthru=readonly" in str(out)
     out = parse(req(OP_IDENTIFY, cdw10=1, data_len=4096), P.Target("admin", "off"))

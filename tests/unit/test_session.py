@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nvmefs.spec import identify as ID
 from nvmefs.spec import passthru as P
 from nvmefs.spec.commands import (FID_TIMESTAMP, OP_CREATE_IO_SQ, OP_GET_FEATURES, OP_GET_LOG_PAGE,
                                   OP_IDENTIFY, OP_READ, OP_SET_FEATURES, OP_WRITE)
 from nvmefs.spec.session import MAX_LINE, NEED_DATA, MailboxSession, RequestError
 
 ADMIN_T = P.Target("admin", "all", 1 << 20)
-IO_T = P.Target("io", "all", 1 << 20, {1: 512})
+IO_T = P.Target("io", "all", 1 << 20, {1: ID.NsFormat(512)})
 req = P.encode_request
 
 TEXT = [req(OP_IDENTIFY, cdw10=1, data_len=4096, cid=1, text=True),
@@ -139,7 +140,7 @@ def test_an_error_stays_until_rewind_or_discard():
 
 
 def test_a_bad_header_fails_before_its_data_arrives():
-    t = P.Target("io", "all", 128 * 1024, {1: 512})
+    t = P.Target("io", "all", 128 * 1024, {1: ID.NsFormat(512)})
     for bad, err in ((req(OP_WRITE, nsid=1, cdw12=0xFFFF, data_len=65536 * 512), errno.E2BIG),
                      (req(OP_WRITE, nsid=1, cdw12=7, data_len=512), errno.EINVAL),
                      (req(OP_WRITE, nsid=5, data_len=512), errno.ENXIO)):

@@ -94,7 +94,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(bind, "SYSFS", str(f.sys))
     monkeypatch.setattr(bind, "PROC", str(f.proc))
     monkeypatch.setattr(bind, "_write", f.write)
-    monkeypatch.setattr(sysfs, "SYS_NVME", str(tmp_path / "no-class-nvme"))
+    monkeypatch.setattr(sysfs, "SYS", str(tmp_path / "no-sys"))
     return f
 
 
@@ -280,7 +280,7 @@ def test_cli_bind_unbind_and_list(fake, capsys):
     err = capsys.readouterr().err
     assert err.startswith("nvmefs vfio bind: 0000:00:04.0 is in use: ") and "/data" in err
     assert cli.main(["list"]) == 0
-    assert capsys.readouterr().out == "vfio:0000:00:03.0  pci 1b36:0010  vfio-pci  /dev/vfio/3\n"
+    assert capsys.readouterr().out == "vfio-pci\n  vfio:0000:00:03.0  pci 1b36:0010  /dev/vfio/3\n"
     assert cli.main(["vfio", "unbind", NVME]) == 0
     assert "given back" in capsys.readouterr().out
     assert cli.main(["vfio", "unbind", NVME]) == 0

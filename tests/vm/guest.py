@@ -15,7 +15,7 @@ same path inside and outside. The NVMe disk images live in the Guest's
 workdir and keep their data from one run() to the next.
 
 CLI (prints the script's output, exits with its status):
-    python -m tests.vm.guest [--nvme N] [--size 1G] [--lba 512] [--iommu]
+    python -m tests.vm.guest [--nvme N | --shapes] [--size 1G] [--lba 512] [--iommu]
         [--hostfwd tcp:127.0.0.1:PORT-:4420] [--timeout S] [--keep] SCRIPT
 SCRIPT is shell text, or @FILE, or - for stdin.
 """
@@ -47,16 +47,42 @@ class GuestTimeout(GuestError):
 
 
 @dataclass
+class Namespace:
+    """One `nvme-ns`: `options` are extra properties, e.g. "ms=8,mset=1",
+    "zoned=true,zoned.zone_size=8M", "shared=off" (private to its controller in a
+    subsystem), "detached=true" (attached to no controller at power on)."""
+    nsid: int
+    size: str | int = "64M"
+    lba: int = 512
+    options: str = ""
+
+
+@dataclass
 class NvmeDevice:
     """One emulated NVMe controller with `namespaces` namespaces of `size`
-    bytes ("1G", "512M" or an int) and `lba` bytes per logical block.
-    `options` are extra `-device nvme` properties, e.g. "mdts=5,max_ioqpairs=4".
+    bytes ("1G", "512M" or an int) and `lba` bytes per logical block, or the
+    given list of Namespace. `options` are extra `-device nvme` properties,
+    e.g. "mdts=5,max_ioqpairs=4". Controllers naming the same `subsys` (an
+    NQN's last part) are ports of one NVM subsystem (QEMU wants them to have one
+    serial); a shared namespace given on one of them is attached to all.
     """
     serial: str = "nvmefs0001"
     size: str | int = "1G"
     lba: int = 512
-    namespaces: int = 1
+    namespaces: int | list[Namespace] = 1
     options: str = ""
+    subsys: str = ""
+
+    @property
+    def namespace_list(self) -> list[Namespace]:
+        if isinstance(self.namespaces, int):
+            return [Namespace(n, self.size, self.lba) for n in range(1, self.namespaces + 1)]
+        return self.namespaces
+
+    @property
+    def visible(self) -> int:
+        """Namespaces the guest sees at power on (for init to wait for)."""
+        return sum("detached=true" not in ns.options for ns in self.namespace_list)
 
 
 @dataclass
@@ -93,9 +119,10 @@ class Guest:
             or a run failed); a given workdir is never deleted.
         """
         self.nvme = list(nvme) if nvme is not None else [NvmeDevice()]
-        serials = [d.serial for d in self.nvme]
-        if len(set(serials)) != len(serials):
-            raise ValueError(f"NVMe serials must be unique: {serials}")
+        serials = [(d.serial, d.subsys) for d in self.nvme if not d.subsys]
+        serials += list({(d.serial, d.subsys) for d in self.nvme if d.subsys})
+        if len({s for s, _ in serials}) != len(serials):    # a subsystem's ports share one
+            raise ValueError(f"NVMe serials must be unique but in a subsystem: {serials}")
         self.hostfwd = [hostfwd] if isinstance(hostfwd, str) else list(hostfwd or [])
         for rule in self.hostfwd:
             if not re.fullmatch(r"tcp:127\.0\.0\.1:\d+-:\d+", rule):
@@ -149,7 +176,7 @@ class Guest:
         keep = [PROJECT, Path(cwd).resolve(), Path(sys.executable).resolve().parents[1]]
         (rundir / "guest.env").write_text(
             f"VM_RESULTS={shlex.quote(str(rundir))}\n"
-            f"VM_NAMESPACES={sum(d.namespaces for d in self.nvme)}\n"
+            f"VM_NAMESPACES={self.visible_namespaces()}\n"
             f"VM_KEEP={shlex.quote(chr(10).join(map(str, keep)))}\n")
         (rundir / "run.sh").write_text(self._wrap(script, rundir, cwd, env or {}))
         log = open(rundir / "qemu.log", "wb")
@@ -180,14 +207,18 @@ class Guest:
                 "readonly=on,multidevs=remap",
                 "-virtfs", f"local,path={esc(rundir)},mount_tag=results,"
                 "security_model=none"]
+        for name in dict.fromkeys(d.subsys for d in self.nvme if d.subsys):
+            cmd += ["-device", f"nvme-subsys,id=subsys-{name},nqn={name}"]
         for c, dev in enumerate(self.nvme):
             opts = f",{dev.options}" if dev.options else ""
-            cmd += ["-device", f"nvme,id=ctrl{c},serial={dev.serial}{opts}"]
-            for n, image in enumerate(self.images[c], start=1):
-                drive = f"nvm{c}n{n}"
+            subsys = f",subsys=subsys-{dev.subsys}" if dev.subsys else ""
+            cmd += ["-device", f"nvme,id=ctrl{c},serial={dev.serial}{subsys}{opts}"]
+            for ns, image in zip(dev.namespace_list, self.images[c], strict=True):
+                drive = f"nvm{c}n{ns.nsid}"
+                nsopts = f",{ns.options}" if ns.options else ""
                 cmd += ["-drive", f"file={esc(image)},if=none,id={drive},format=raw",
-                        "-device", f"nvme-ns,drive={drive},bus=ctrl{c},nsid={n},"
-                        f"logical_block_size={dev.lba},physical_block_size={dev.lba}"]
+                        "-device", f"nvme-ns,drive={drive},bus=ctrl{c},nsid={ns.nsid},"
+                        f"logical_block_size={ns.lba},physical_block_size={ns.lba}{nsopts}"]
         if self.hostfwd:
             fwd = "".join(f",hostfwd={rule}" for rule in self.hostfwd)
             cmd += ["-netdev", f"user,id=net0,restrict=on{fwd}",
@@ -197,16 +228,21 @@ class Guest:
     def _make_images(self) -> list[list[Path]]:
         """Sparse raw images, created once per workdir (their data persists)."""
         images = []
-        for dev in self.nvme:
-            size = parse_size(dev.size)
-            paths = [self.workdir / f"{dev.serial}-n{n}.img"
-                     for n in range(1, dev.namespaces + 1)]
-            for path in paths:
+        for c, dev in enumerate(self.nvme):
+            paths = []
+            for ns in dev.namespace_list:
+                size, path = parse_size(ns.size), self.workdir / f"{dev.serial}-c{c}-n{ns.nsid}.img"
                 if not path.exists() or path.stat().st_size != size:
                     with open(path, "wb") as f:
                         f.truncate(size)
+                paths.append(path)
             images.append(paths)
         return images
+
+    def visible_namespaces(self) -> int:
+        """Namespace nodes init waits for: a namespace shared by a subsystem's
+        controllers counts once (the kernel's multipath head)."""
+        return sum(d.visible for d in self.nvme)
 
     def _wrap(self, script: str, rundir: Path, cwd, env: dict[str, str]) -> str:
         path = [str(PROJECT / ".venv/bin")] if (PROJECT / ".venv/bin").is_dir() else []
@@ -287,6 +323,8 @@ def main(argv: list[str]) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("script", help="shell text, @FILE, or - for stdin")
     p.add_argument("--nvme", type=int, default=1, help="controllers (default 1)")
+    p.add_argument("--shapes", action="store_true",
+                   help="the controllers of tests/vm/shapes.py instead of --nvme ones")
     p.add_argument("--namespaces", type=int, default=1, help="per controller")
     p.add_argument("--size", default="1G")
     p.add_argument("--lba", type=int, default=512)
@@ -301,6 +339,9 @@ def main(argv: list[str]) -> int:
               Path(a.script[1:]).read_text() if a.script.startswith("@") else a.script)
     devices = [NvmeDevice(serial=f"nvmefs{i + 1:04d}", size=a.size, lba=a.lba,
                           namespaces=a.namespaces) for i in range(a.nvme)]
+    if a.shapes:
+        from .shapes import SHAPES
+        devices = SHAPES
     try:
         with Guest(nvme=devices, memory=a.memory, iommu=a.iommu, hostfwd=a.hostfwd,
                    kernel_args=a.kernel_args, keep=a.keep) as g:

@@ -17,7 +17,7 @@ import errno
 import fcntl
 import logging
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import trio
 
@@ -37,6 +37,8 @@ from .uevents import UeventSocket
 log = logging.getLogger(__name__)
 
 ADMIN_THREADS = 4           # ioctl mode: admin commands in flight at once
+POLL_STATE = 0.02           # seconds between looks at a resetting controller's state
+NODES_POLL = 1.0            # seconds between looks at the controller's namespace nodes
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -67,29 +69,81 @@ def _timeout_ms(req: Request) -> int:
     return max(1, int(Controller.timeout_of(req) * 1000))
 
 
-def _buffers(reqs: Sequence[Request]) -> tuple[object, list[int]]:
-    """One page-aligned buffer for the data of all `reqs` (each piece page aligned),
-    holding their data out; the offset of each piece."""
-    offsets, total = [], 0
+def _piece(n: int) -> int:
+    return (n + 4095) & ~4095
+
+
+def _buffers(reqs: Sequence[Request]) -> tuple[object, list[int], list[int]]:
+    """One page-aligned buffer for the data and separate metadata of all `reqs` (each
+    piece page aligned), holding what goes out; the offset of each one's data, then
+    of each one's metadata."""
+    offsets, meta, total = [], [], 0
     for req in reqs:
         offsets.append(total)
-        total += ((len(req.data_out) or req.data_in_len) + 4095) & ~4095
+        total += _piece(len(req.data_out) or req.data_in_len)
+    for req in reqs:
+        meta.append(total)
+        total += _piece(len(req.metadata_out) or req.metadata_in_len)
     buf = ffi.gc(lib.nvmefs_alloc(total), lib.nvmefs_free) if total else ffi.NULL
-    for req, off in zip(reqs, offsets, strict=True):
+    for req, off, moff in zip(reqs, offsets, meta, strict=True):
         if req.data_out:
             ffi.memmove(buf + off, req.data_out, len(req.data_out))
-    return buf, offsets
+        if req.metadata_out:
+            ffi.memmove(buf + moff, req.metadata_out, len(req.metadata_out))
+    return buf, offsets, meta
+
+
+class Node(NamedTuple):
+    """An open generic node: its own (via None) or a multipath head's (via: the
+    kernel's path from this controller)."""
+    nsid: int
+    fd: int
+    path: str
+    via: sysfs.SysPath | None = None
+
+
+def _open_node(path: str, via: sysfs.SysPath | None) -> Node | None:
+    """Open a generic node and ask it its NSID; None (logged) if it cannot be, e.g.
+    when it went away meanwhile: its namespace then has no node."""
+    fd = -1
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return Node(fcntl.ioctl(fd, lib.NVME_IOCTL_ID), fd, path, via)
+    except OSError as e:
+        log.warning("%s: %s", path, e.strerror)
+        if fd >= 0:
+            os.close(fd)
+        return None
+
+
+# The kernel's -errno that ends one command in flight, not the batch, and the status
+# that is then its answer: the driver cancelled it, e.g. in a reset (6.1 drivers/nvme/
+# host/ioctl.c: NVME_REQ_CANCELLED gives -EINTR), or its path failed it otherwise (seen:
+# EFAULT for commands in flight while the controller resets; EAGAIN: the ring refused
+# it). Any other -errno (the controller gone, a refusal of the command) fails the batch.
+PER_COMMAND = {
+    errno.EINTR: status.HOST_ABORTED, errno.ECANCELED: status.HOST_ABORTED,
+    errno.EFAULT: status.HOST_PATH_ERROR, errno.EIO: status.HOST_PATH_ERROR,
+    errno.EAGAIN: status.HOST_PATH_ERROR,
+}
 
 
 def completion(res: int, result: int, data: bytes, cid: int, what: str) -> Completion:
     """One decoder for ioctl and uring results: 0, a positive NVMe status, or -errno."""
     if res < 0:
-        raise kernel_error(-res, what)
+        answer = PER_COMMAND.get(-res)
+        if answer is None:
+            raise kernel_error(-res, what)
+        if answer != status.HOST_ABORTED:
+            log.warning("%s: %s from the kernel: answered %s", what, errno.errorcode[-res],
+                        status.describe(answer).name)
+        return Completion(answer, cid=cid)
     return Completion(res & 0x7FFF, result & 0xFFFFFFFF, result >> 32, 0, 0, cid, data)
 
 
 class LinuxController(Controller):
     backend = "linux"
+    metadata_refusal = ""       # the kernel maps a separate metadata buffer (nvme_uring_cmd)
     cdq_poll = 0.005            # the kernel's CDQ file has no poll(): it is read this often
 
     def __init__(self, uri: str, index: int = 0):
@@ -97,7 +151,9 @@ class LinuxController(Controller):
         self.sysname, self.admin_path = parse_uri(uri)
         self.sys = sysfs.controller(self.sysname)
         self.fd = -1
-        self.ng: dict[int, int] = {}            # nsid -> fd of /dev/ngXnY
+        self.nodes: dict[int, Node] = {}        # nsid -> its open generic node
+        self.nodes_by_path: dict[str, Node] = {}
+        self._nodes_changed = trio.Event()
         self.ring: Ring | None = None
         self._threads = trio.CapacityLimiter(ADMIN_THREADS)
 
@@ -108,7 +164,8 @@ class LinuxController(Controller):
     def info(self) -> dict[str, str]:
         return {"backend": "linux", "address": self.sys.address or self.sys.dev,
                 "transport": self.sys.transport, "device": self.sys.dev,
-                "admin": self.admin_path}
+                "admin": self.admin_path, "subsystem": self.sys.subsystem,
+                "path_state": self._kernel_state()}
 
     @property
     def max_transfer(self) -> int:
@@ -118,23 +175,90 @@ class LinuxController(Controller):
     async def _start(self, nursery: trio.Nursery) -> None:
         try:
             self.fd = os.open(self.sys.dev, os.O_RDWR | os.O_CLOEXEC)
-            for ng in self.sys.generic:
-                fd = os.open(f"/dev/{ng}", os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    self.ng[fcntl.ioctl(fd, lib.NVME_IOCTL_ID)] = fd
-                except OSError:
-                    os.close(fd)
-                    raise
         except OSError as e:
-            await self.aclose()
             raise kernel_error(e.errno, e.filename or self.sys.dev) from None
         try:
+            self._open_nodes()
             self.ring = Ring()
         except OSError as e:
             await self.aclose()
             raise TransportError(str(e), e.errno) from None
+        except TransportError:
+            await self.aclose()
+            raise
         await nursery.start(self.ring.run)
         nursery.start_soon(self._watch_uevents)
+        nursery.start_soon(self._follow_namespaces)
+
+    # ------------------------------------------------------------------ namespace nodes
+
+    def _open_nodes(self) -> None:
+        """Open the generic node of each namespace this controller reaches: its own
+        ngXnY where the kernel made one, else the multipath head's (backends.sysfs),
+        whose I/O the kernel sends down a path of its choice. Nodes already open stay;
+        those of namespaces gone are closed. Called at start and whenever the kernel's
+        namespaces may have changed (uevents, refresh, an NSID with no node yet)."""
+        try:
+            self.sys = sysfs.controller(self.sysname)
+        except FileNotFoundError as e:
+            raise ControllerGone(f"{self.sysname}: the controller is gone ({e})") from None
+        wanted = [(f"/dev/{ng}", None) for ng in self.sys.generic]
+        wanted += [(f"/dev/{p.head}", p) for p in self.sys.paths]
+        old, nodes = self.nodes_by_path, {}
+        for path, via in wanted:
+            node = old.get(path) or _open_node(path, via)
+            if node is None:
+                continue
+            if node.nsid in nodes:          # its own node (listed first) over the head's
+                if path not in old:
+                    os.close(node.fd)
+                continue
+            nodes[node.nsid] = node._replace(via=via)
+        keep = {n.path for n in nodes.values()}
+        for path, node in old.items():
+            if path not in keep:
+                os.close(node.fd)
+        self.nodes = nodes
+        self.nodes_by_path = {n.path: n for n in nodes.values()}
+
+    async def refresh(self) -> None:
+        await super().refresh()
+        self._open_nodes()
+
+    def _node_names(self) -> frozenset[str]:
+        return frozenset(n for n in os.listdir(f"{sysfs.SYS}/class/nvme/{self.sysname}")
+                         if n.startswith(("ng", "nvme")))
+
+    async def _follow_namespaces(self) -> None:
+        """The tree follows namespaces the kernel adds and removes (attached, detached,
+        created, deleted, after a reset): its uevents tell of some, but not of a new
+        path to a multipath head it already has, so the controller's sysfs directory is
+        compared every NODES_POLL seconds too. A change reads the namespaces again."""
+        seen = self._node_names()
+        while True:
+            with trio.move_on_after(NODES_POLL):
+                await self._nodes_changed.wait()
+            self._nodes_changed = trio.Event()
+            try:
+                now = self._node_names()
+                if now != seen:
+                    await self.refresh()
+                    seen = now
+            except (OSError, TransportError) as e:     # gone or resetting: look again later
+                log.info("%s: namespaces not read again yet: %s", self.sysname, e)
+
+    def namespace_info(self, nsid: int) -> dict[str, str]:
+        node = self.nodes.get(nsid)
+        if node is None:
+            return {"io_path": "none: the kernel has no node for this namespace"}
+        if node.via is None:
+            return {"io_path": f"{self.sysname} ({node.path})"}
+        out = {"io_path": f"multipath head {node.path}: the kernel picks the controller "
+                          f"(iopolicy {self.sys.iopolicy or '?'}); this one's path is "
+                          f"{node.via.disk}"}
+        if node.via.ana_state:
+            out["ana_state"] = node.via.ana_state
+        return out
 
     # ------------------------------------------------------------------ events, CDQs
 
@@ -152,6 +276,8 @@ class LinuxController(Controller):
             try:
                 async for ctrl, record in sock.events():
                     if ctrl in (self.sysname, ""):
+                        if record.get("type_name", "").startswith("namespace-"):
+                            self._nodes_changed.set()
                         aen = record.get("aen")
                         await self.publish_event(record, None if aen is None else int(aen, 16))
             except OSError as e:
@@ -183,10 +309,10 @@ class LinuxController(Controller):
         return Completion()
 
     async def aclose(self) -> None:
-        for fd in [self.fd, *self.ng.values()]:
+        for fd in [self.fd, *(n.fd for n in self.nodes.values())]:
             if fd >= 0:
                 os.close(fd)
-        self.fd, self.ng = -1, {}
+        self.fd, self.nodes, self.nodes_by_path = -1, {}, {}
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -198,11 +324,14 @@ class LinuxController(Controller):
         """The file descriptor and uring cmd_op a command goes to."""
         if req.queue == ADMIN:
             return self.fd, lib.NVME_URING_CMD_ADMIN
-        fd = self.ng.get(req.cmd.nsid, -1)
-        if fd < 0:
-            raise TransportError(f"{self.sysname}: no /dev/ng device for nsid {req.cmd.nsid}",
-                                 errno.ENXIO)
-        return fd, lib.NVME_URING_CMD_IO
+        node = self.nodes.get(req.cmd.nsid)
+        if node is None:        # a namespace the kernel added since: look again, once
+            self._open_nodes()
+            node = self.nodes.get(req.cmd.nsid)
+            if node is None:
+                raise TransportError(f"{self.sysname}: the kernel has no generic node "
+                                     f"(/dev/ngXnY) for nsid {req.cmd.nsid}", errno.ENXIO)
+        return node.fd, lib.NVME_URING_CMD_IO
 
     async def submit(self, req: Request) -> Completion:
         if req.queue == ADMIN and self.admin_path == "ioctl":
@@ -211,7 +340,7 @@ class LinuxController(Controller):
 
     async def _execute(self, req: Request) -> Completion:
         """Admin by NVME_IOCTL_ADMIN64_CMD in a worker thread (?admin=ioctl)."""
-        buf, _ = _buffers([req])
+        buf, _, _ = _buffers([req])
         result = ffi.new("uint64_t *")
         res = await trio.to_thread.run_sync(
             lib.nvmefs_ioctl, self.fd, lib.NVME_IOCTL_ADMIN64_CMD, req.cmd.encode(), buf,
@@ -233,7 +362,7 @@ class LinuxController(Controller):
                 return await super().submit_batch(reqs)
             return [(await self.submit_batch([r]))[0] for r in reqs]    # each by its path
         n = len(reqs)
-        buf, offsets = _buffers(reqs)
+        buf, offsets, meta = _buffers(reqs)
         sqes = b"".join(r.cmd.encode() for r in reqs)
         sqe = ffi.from_buffer(sqes)
         creqs = ffi.new("struct nvmefs_req[]", n)
@@ -243,6 +372,9 @@ class LinuxController(Controller):
             c.sqe, c.timeout_ms = sqe + 64 * i, _timeout_ms(req)
             if len(req.data_out) or req.data_in_len:
                 c.data, c.data_len = buf + off, len(req.data_out) or req.data_in_len
+            if len(req.metadata_out) or req.metadata_in_len:
+                c.metadata = buf + meta[i]
+                c.metadata_len = len(req.metadata_out) or req.metadata_in_len
         deadline = self.batch_deadline(reqs)
         stats = self._stats
         stats.submitted += n
@@ -253,9 +385,10 @@ class LinuxController(Controller):
                 await pending.done.wait()
         finally:
             stats.in_flight -= n
-        return self._completions(reqs, pending, buf, offsets)
+        return self._completions(reqs, pending, buf, offsets, meta)
 
-    def _completions(self, reqs: Sequence[Request], pending, buf, offsets) -> list[Completion]:
+    def _completions(self, reqs: Sequence[Request], pending, buf, offsets,
+                     meta) -> list[Completion]:
         out, failure = [], None
         for i, req in enumerate(reqs):
             slot = pending.slots[i]
@@ -265,7 +398,11 @@ class LinuxController(Controller):
                 continue
             data = bytes(ffi.buffer(buf + offsets[i], req.data_in_len)) if req.data_in_len else b""
             try:
-                out.append(completion(slot.res, slot.result, data, req.cmd.cid, self._what(req)))
+                cpl = completion(slot.res, slot.result, data, req.cmd.cid, self._what(req))
+                if req.metadata_in_len:
+                    cpl = cpl._replace(metadata=bytes(ffi.buffer(buf + meta[i],
+                                                                 req.metadata_in_len)))
+                out.append(cpl)
             except TransportError as e:
                 failure = failure or e
         if failure:
@@ -277,6 +414,15 @@ class LinuxController(Controller):
 
     async def _abort(self, req: Request) -> bool:
         return True         # the driver's own timeout handling aborts it (or resets)
+
+    def _kernel_state(self) -> str:
+        """The driver's state of the controller: live, resetting, connecting, ..."""
+        return sysfs.read_attr(f"{sysfs.SYS}/class/nvme/{self.sysname}/state")
+
+    async def _wait_serving(self) -> None:
+        """Until the kernel has the controller live again (sysfs `state`)."""
+        while self._kernel_state() not in ("live", ""):
+            await trio.sleep(POLL_STATE)
 
     async def _reset(self) -> None:
         try:

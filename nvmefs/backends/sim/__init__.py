@@ -48,6 +48,7 @@ _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("nvmefs_sim_arr
 class SimController(Controller):
     backend = "sim"
     keeps_events = True
+    metadata_refusal = ""           # separate metadata buffers are carried as they are
 
     def __init__(self, uri: str, index: int = 0):
         super().__init__(uri)
@@ -136,7 +137,8 @@ class SimController(Controller):
         if takes or fault is not None:
             return self._later(req, wire, fault, takes)
         device = self.device
-        res = device.submit(queue, wire, req.data_out, req.data_in_len)
+        res = device.submit(queue, wire, req.data_out, req.data_in_len, req.metadata_out,
+                            req.metadata_in_len)
         if res.__class__ is Media:
             if device.file_backed:
                 return self._on_disk(req, wire, res)
@@ -192,7 +194,8 @@ class SimController(Controller):
             self._check()
         if fault is not None and fault.kind != "delay":
             return self._completion(req, await self._faulted(fault, req, wire))
-        res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
+        res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len,
+                                 req.metadata_out, req.metadata_in_len)
         if isinstance(res, Media):
             res = await self._media(res)
         return self._completed(req, wire, res)
@@ -202,13 +205,14 @@ class SimController(Controller):
 
     def _completed(self, req: Request, wire: Command, res: Result) -> Completion:
         """The completion of a command the device carried (device.complete first)."""
-        return self._completion(req, self.device.complete(req.queue, wire, res, req.data_in_len))
+        return self._completion(req, self.device.complete(req.queue, wire, res, req.data_in_len,
+                                                          req.metadata_in_len))
 
     def _completion(self, req: Request, res: Result) -> Completion:
         queue = req.queue
         sqhd = self._sqhd[queue] = (self._sqhd[queue] + 1) % QUEUE_DEPTH
-        return from_fields(Completion, (res.status, res.dw0, 0, sqhd, SQID[queue], req.cmd.cid,
-                                        res.data))
+        return from_fields(Completion, (res.status, res.dw0, res.dw1, sqhd, SQID[queue],
+                                        req.cmd.cid, res.data, res.metadata))
 
     async def _media(self, work: Media) -> Result:
         """Media work of a file-backed namespace, in the media thread."""
@@ -240,7 +244,8 @@ class SimController(Controller):
             self.removed = True
             self._check()
         if fault.kind == "drop":            # carried, and its completion lost: no abort finds it
-            res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len)
+            res = self.device.submit(req.queue, wire, req.data_out, req.data_in_len,
+                                     req.metadata_out, req.metadata_in_len)
             self._completed(req, wire, await self._media(res) if isinstance(res, Media) else res)
             await trio.sleep_forever()
         self.device.log_command(req.queue, wire)

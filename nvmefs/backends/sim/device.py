@@ -28,20 +28,26 @@ from ...spec import features as F
 from ...spec import identify as ID
 from ...spec import logs as L
 from ...spec import status as S
-from ...spec.commands import (COPY_NR, COPY_RANGE_SIZE, DESFMT, FID_CDQ, NSID_ALL,
-                              OP_ASYNC_EVENT, SDLBA, log_page_fields, rw_fields)
+from ...spec.commands import (COPY_NR, COPY_RANGE_SIZE, CSI, CSI_NVM, CSI_ZNS, DESFMT, FID_CDQ,
+                              LOG_CSI, NSID_ALL, OP_ASYNC_EVENT, SDLBA, SLBA, ZRA, ZRA_PARTIAL,
+                              ZRASF, ZSA, ZSA_SELECT_ALL, log_page_fields, rw_fields,
+                              zone_recv_len)
 from ...spec.logs import CCC, CSUPP, LBCC, NCC, NIC
+from ...spec import iocs
 from ...spec.opcodes import ADMIN, IO
 from ...spec.queue import Command
 from .cdq import MAX_CDQS, CdqEngine
 from .config import SimConfig
 from .storage import FileStore, MemoryStore
+from .zones import ZoneSet
 
 
 class Result(NamedTuple):
     status: int
     dw0: int = 0
     data: bytes = b""
+    metadata: bytes = b""       # a separate metadata buffer's contents (Read of MSET 0)
+    dw1: int = 0                # completion dword 1 (Zone Append: the LBA's upper half)
 
 
 class Media(NamedTuple):
@@ -54,7 +60,11 @@ class Media(NamedTuple):
 Outcome = Union[Result, Media]
 Handler = Callable[[Command, bytes, int], Outcome]
 
-LBA_FORMATS = (9, 12)          # LBADS of LBA formats 0 and 1: 512 and 4096 bytes
+# LBA formats: LBADS (512 and 4096 bytes) and, in LBA_MS, metadata bytes per block; 0 and
+# 1 have none, then each data size with 8, 16 and 64 bytes of metadata
+LBA_FORMATS = (9, 12, 9, 9, 9, 12, 12, 12)
+LBA_MS = (0, 0, 8, 16, 64, 8, 16, 64)
+MC_EXTENDED, MC_SEPARATE = 1 << 0, 1 << 1     # Identify Namespace MC: metadata capabilities
 MAX_NAMESPACES = 32
 ERROR_ENTRIES = 64
 SELF_TEST_SECONDS = {1: 2.0, 2: 10.0}      # short, extended (scaled down from minutes)
@@ -72,7 +82,7 @@ SIZE_LIMIT = S.make_status(S.CMD_SPECIFIC, 0x83, dnr=True)    # Copy over MCL, M
 
 # Dword fields spec has no helper for.
 # Format NVM CDW10 (Base 2.0 Figure 300): LBAF 3:0, MSET 4, PI 7:5, PIL 8, SES 11:9, LBAFU 13:12
-FORMAT_PI_SHIFT, FORMAT_SES_SHIFT, FORMAT_LBAFU_SHIFT = 5, 9, 12
+FORMAT_MSET_SHIFT, FORMAT_PI_SHIFT, FORMAT_SES_SHIFT, FORMAT_LBAFU_SHIFT = 4, 5, 9, 12
 SES_USER_DATA_ERASE, SES_CRYPTO_ERASE = 1, 2
 # Firmware Commit CDW10 (Figure 195): FS 2:0, CA 5:3, BPID 31
 FW_CA_REPLACE, FW_CA_REPLACE_ACTIVATE, FW_CA_ACTIVATE, FW_CA_REPLACE_NOW = 0, 1, 2, 3
@@ -112,22 +122,90 @@ def fail(status: int) -> Result:
     return Result(status)
 
 
+def lba_format(block: int, ms: int) -> int:
+    """The LBA format index of a data size and metadata size."""
+    return next(i for i, (ds, m) in enumerate(zip(LBA_FORMATS, LBA_MS))
+                if 1 << ds == block and m == ms)
+
+
 @dataclass
 class Namespace:
+    """A namespace on its store: every block's data from offset 0, then (in formats
+    with metadata) every block's metadata, as QEMU keeps them; MSET decides only how
+    metadata travels, in the data buffer (extended LBAs) or in a buffer of its own."""
     nsid: int
     blocks: int
     lbaf: int
     store: MemoryStore | FileStore
+    extended: bool = False      # FLBAS bit 4 (MSET 1): each block's metadata ends its data
+    zone_bytes: int = 0         # sim:zoned: a zoned namespace's zone size (0: not zoned)
+    zones: ZoneSet | None = None
+
+    def __post_init__(self) -> None:
+        self.rezone()
+
+    def rezone(self) -> None:
+        """Every zone empty (a new namespace, or a format), sized in the format's blocks."""
+        self.zones = ZoneSet(self.blocks, self.zone_bytes // self.block_size) \
+            if self.zone_bytes else None
+
+    @property
+    def csi(self) -> int:
+        return CSI_ZNS if self.zone_bytes else CSI_NVM
 
     @property
     def block_size(self) -> int:
         return 1 << LBA_FORMATS[self.lbaf]
+
+    @property
+    def ms(self) -> int:
+        return LBA_MS[self.lbaf]
+
+    def reformat(self, lbaf: int, extended: bool) -> None:
+        self.lbaf, self.extended = lbaf, extended
+        self.blocks = self.store.size // (self.block_size + self.ms)
+        self.rezone()
+
+    def host_lengths(self, nlb: int) -> tuple[int, int]:
+        """Bytes of `nlb` blocks in the host's data buffer and in its metadata buffer."""
+        if self.extended:
+            return nlb * (self.block_size + self.ms), 0
+        return nlb * self.block_size, nlb * self.ms
+
+    def metadata_at(self, slba: int, nlb: int) -> tuple[int, int]:
+        """Store offset and length of the metadata of `nlb` blocks from `slba`."""
+        return self.blocks * self.block_size + slba * self.ms, nlb * self.ms
+
+    def from_host(self, nlb: int, data: bytes, metadata: bytes
+                  ) -> tuple[bytes | memoryview, bytes | memoryview] | None:
+        """The data and metadata of `nlb` blocks as kept, from the host's data and
+        metadata buffers; None if they are too short."""
+        block, ms = self.block_size, self.ms
+        if self.extended and ms:
+            unit = block + ms
+            if len(data) < nlb * unit:
+                return None
+            view = memoryview(data)
+            return (b"".join([view[i:i + block] for i in range(0, nlb * unit, unit)]),
+                    b"".join([view[i + block:i + unit] for i in range(0, nlb * unit, unit)]))
+        if len(data) < nlb * block or len(metadata) < nlb * ms:
+            return None
+        return memoryview(data)[:nlb * block], memoryview(metadata)[:nlb * ms]
+
+    def to_host(self, data: bytes, metadata: bytes) -> tuple[bytes, bytes]:
+        """The host's data and metadata buffers for blocks kept as `data`, `metadata`."""
+        block, ms = self.block_size, self.ms
+        if not (self.extended and ms):
+            return data, metadata
+        return b"".join([data[i * block:(i + 1) * block] + metadata[i * ms:(i + 1) * ms]
+                         for i in range(len(data) // block)]), b""
 
 
 @dataclass(frozen=True)
 class Op:
     handler: str          # SimDevice method name
     effects: int = 0      # beyond CSUPP, reported in the effects log
+    metadata: bool = False  # moves a separate metadata buffer (its handler takes it)
 
 
 class SimDevice:
@@ -138,15 +216,25 @@ class SimDevice:
         0x14: Op("device_self_test"), 0x3D: Op("track_send", CCC), 0x45: Op("controller_data_queue"),
         0x80: Op("format_nvm", LBCC | NCC | NIC | CSE_ONE_NS),
     }
+    log_csi = CSI_NVM       # CDW14 CSI of the Get Log Page being answered
     LOGS = {0x00: "log_supported", 0x01: "log_error", 0x02: "log_smart", 0x03: "log_fw_slot",
             0x04: "log_changed_ns", 0x05: "log_effects", 0x06: "log_self_test",
             0x07: "log_telemetry_host", 0x08: "log_telemetry_ctrl"}
     # Identify Controller fields that decide which features exist (spec.features)
     CAPS = dict(vwc=0x7, apsta=1, hmpre=0, oncs=0x1DD, kas=0)     # ONCS bit 8: Copy
     IO_OPS = {
-        0x00: Op("flush"), 0x01: Op("write", LBCC), 0x02: Op("read"), 0x05: Op("compare"),
+        0x00: Op("flush"), 0x01: Op("write", LBCC, True), 0x02: Op("read", metadata=True),
+        0x05: Op("compare", metadata=True),
         0x08: Op("write_zeroes", LBCC), 0x09: Op("dsm", LBCC), 0x0C: Op("verify"),
         0x19: Op("copy", LBCC),
+    }
+    # a zoned namespace's (ZNS 1.1 Figure 20): writes at the write pointer only, no
+    # Dataset Management or Copy
+    ZNS_OPS = {
+        0x00: Op("flush"), 0x01: Op("zoned_write", LBCC, True), 0x02: Op("read", metadata=True),
+        0x05: Op("compare", metadata=True), 0x08: Op("zoned_write_zeroes", LBCC),
+        0x0C: Op("verify"), 0x79: Op("zone_send", LBCC), 0x7A: Op("zone_receive"),
+        0x7D: Op("zone_append", LBCC, True),
     }
 
     def __init__(self, cfg: SimConfig, now: Callable[[], float], index: int = 0,
@@ -157,11 +245,13 @@ class SimDevice:
         self.index = index
         self.born = now()
         self.namespaces: dict[int, Namespace] = {}
-        lbaf = LBA_FORMATS.index(cfg.lba.bit_length() - 1)
+        lbaf = lba_format(cfg.lba, cfg.ms)
+        zoned = cfg.zoned_nsids()
         if stores is None:
             stores = open_stores(cfg, index)
         for nsid, store in enumerate(stores, 1):
-            self.namespaces[nsid] = Namespace(nsid, cfg.size // cfg.lba, lbaf, store)
+            self.namespaces[nsid] = Namespace(nsid, cfg.size // (cfg.lba + cfg.ms), lbaf, store,
+                                              bool(cfg.mset), cfg.zoned * (nsid in zoned))
         self.temperature = cfg.temperature
         self.counters = dict(bytes_read=0, bytes_written=0, reads=0, writes=0, busy=0.0)
         self.errors: deque[bytes] = deque(maxlen=ERROR_ENTRIES)
@@ -205,18 +295,25 @@ class SimDevice:
 
     # ------------------------------------------------------------------ dispatch
 
-    def submit(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+    def submit(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int,
+               metadata_out: bytes = b"", metadata_in_len: int = 0) -> Outcome:
         """Start one command: its result, or the media work it needs (then
-        `Media.done`, or `Media.failed`, and `complete` finish it)."""
+        `Media.done`, or `Media.failed`, and `complete` finish it). A separate
+        metadata buffer goes to the commands that move one."""
         self.log_command(queue, cmd)
         if queue == IO and self.cfg.null:
             return self.null_io(data_in_len)
-        op = (self.ADMIN_OPS if queue == ADMIN else self.IO_OPS).get(cmd.opcode)
+        op = (self.ADMIN_OPS if queue == ADMIN else self.io_ops(cmd.nsid)).get(cmd.opcode)
         if op is None:
             return fail(S.INVALID_OPCODE)
         limit = self.max_transfer
         if limit and max(len(data_out), data_in_len) > limit:
             return fail(S.INVALID_FIELD)
+        if metadata_out or metadata_in_len:
+            if not op.metadata:
+                return fail(S.INVALID_FIELD)
+            return getattr(self, op.handler)(cmd, data_out, data_in_len, metadata_out,
+                                             metadata_in_len)
         return getattr(self, op.handler)(cmd, data_out, data_in_len)
 
     def null_io(self, data_in_len: int) -> Result:
@@ -227,19 +324,25 @@ class SimDevice:
             self._null = Result(S.SUCCESS, 0, bytes(data_in_len))
         return self._null
 
-    def complete(self, queue: str, cmd: Command, res: Result, data_in_len: int) -> Result:
+    def complete(self, queue: str, cmd: Command, res: Result, data_in_len: int,
+                 metadata_in_len: int = 0) -> Result:
         """The completion of a started command; data in is exactly `data_in_len`
-        bytes (the host buffer); a failure goes to the error log."""
+        bytes (the host buffer), metadata in `metadata_in_len`; a failure goes to the
+        error log."""
         if res.status & 0x7FF:            # SCT and SC: not a success
             self.record_error(queue, cmd, res.status)
-            return Result(res.status, res.dw0, bytes(data_in_len))
+            return Result(res.status, res.dw0, bytes(data_in_len), bytes(metadata_in_len))
         if len(res.data) != data_in_len:
-            return Result(res.status, res.dw0, res.data[:data_in_len].ljust(data_in_len, b"\0"))
+            res = res._replace(data=res.data[:data_in_len].ljust(data_in_len, b"\0"))
+        if len(res.metadata) != metadata_in_len:
+            res = res._replace(metadata=res.metadata[:metadata_in_len].ljust(metadata_in_len,
+                                                                             b"\0"))
         return res
 
-    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+    def execute(self, queue: str, cmd: Command, data_out: bytes, data_in_len: int,
+                metadata_out: bytes = b"", metadata_in_len: int = 0) -> Result:
         """Run one command at once, media work included (blocking for a file store)."""
-        res = self.submit(queue, cmd, data_out, data_in_len)
+        res = self.submit(queue, cmd, data_out, data_in_len, metadata_out, metadata_in_len)
         if isinstance(res, Media):
             try:
                 out = res.run()
@@ -247,7 +350,7 @@ class SimDevice:
                 res = fail(res.failed)
             else:
                 res = res.done(out)
-        return self.complete(queue, cmd, res, data_in_len)
+        return self.complete(queue, cmd, res, data_in_len, metadata_in_len)
 
     def log_command(self, queue: str, cmd: Command) -> None:
         self.command_log.append((queue, cmd))
@@ -327,10 +430,11 @@ class SimDevice:
         digest = hashlib.sha256(f"{self.cfg.serial}/{ns.nsid}".encode()).digest()
         return ID.encode_id_ns(dict(
             nsze=ns.blocks, ncap=ns.blocks, nuse=ns.blocks, nlbaf=len(LBA_FORMATS) - 1,
-            flbas=ns.lbaf, dlfeat=1, nvmcap=ns.blocks * ns.block_size,
+            flbas=ns.lbaf & 0xF | ID.FLBAS_EXTENDED * ns.extended | ns.lbaf >> 4 << 5,
+            mc=MC_EXTENDED | MC_SEPARATE, dlfeat=1, nvmcap=ns.blocks * ns.block_size,
             mssrl=MSSRL, mcl=MCL, msrc=MSRC,
             nguid=digest[:16].hex(), eui64=digest[16:24].hex()),
-            [dict(ds=ds) for ds in LBA_FORMATS])
+            [dict(ds=ds, ms=ms) for ds, ms in zip(LBA_FORMATS, LBA_MS)])
 
     def identify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         cns = cmd.cdw10 & 0xFF
@@ -351,10 +455,12 @@ class SimDevice:
             if not ns:
                 return fail(S.INVALID_NS)
             d = ID.decode_id_ns(self.id_ns(ns))
-            # NIDT 1 EUI64 (8 bytes), 2 NGUID (16 bytes): Figure 279
-            desc = bytes([1, 0, 8, 0]) + bytes.fromhex(d["eui64"]) + \
-                bytes([2, 0, 16, 0]) + bytes.fromhex(d["nguid"])
-            return ok(desc)
+            # NIDT 1 EUI64 (8 bytes), 2 NGUID (16 bytes), 4 CSI (1 byte): Figure 279
+            return ok(iocs.encode_ns_descs([
+                (iocs.NIDT_EUI64, bytes.fromhex(d["eui64"])),
+                (iocs.NIDT_NGUID, bytes.fromhex(d["nguid"])), (iocs.NIDT_CSI, bytes([ns.csi]))]))
+        if cns in (ID.CNS_NS_CS, ID.CNS_CTRL_CS):
+            return self.identify_cs(cns, cmd)
         return fail(S.INVALID_FIELD)
 
     # ------------------------------------------------------------------ log pages
@@ -366,6 +472,7 @@ class SimDevice:
             return fail(S.INVALID_LOG_PAGE)
         if offset % 4:
             return fail(S.INVALID_FIELD)
+        self.log_csi = LOG_CSI.get(cmd)     # the command set a command set specific page is of
         data = getattr(self, self.LOGS[lid])(lsp, rae, cmd.nsid)
         if not rae:
             self.masked.discard(LOG_CLEARS.get(lid))
@@ -404,7 +511,8 @@ class SimDevice:
     def log_effects(self, lsp: int, rae: bool, nsid: int) -> bytes:
         return L.encode_effects({OP_ASYNC_EVENT: CSUPP,     # the queue layer holds these
                                  **{o: CSUPP | op.effects for o, op in self.ADMIN_OPS.items()}},
-                                {o: CSUPP | op.effects for o, op in self.IO_OPS.items()})
+                                {o: CSUPP | op.effects
+                                 for o, op in self.io_ops_of(self.log_csi).items()})
 
     def log_self_test(self, lsp: int, rae: bool, nsid: int) -> bytes:
         self._finish_self_test()
@@ -660,6 +768,7 @@ class SimDevice:
             return fail(S.INVALID_NS)
         if lbaf >= len(LBA_FORMATS) or cdw10 >> FORMAT_PI_SHIFT & 0x7:
             return fail(S.INVALID_FORMAT)   # no such LBA format; no protection information
+        extended = bool(cdw10 >> FORMAT_MSET_SHIFT & 1)
         ses = cdw10 >> FORMAT_SES_SHIFT & 0x7
         if ses > SES_USER_DATA_ERASE:       # no cryptographic erase (FNA bit 2 clear)
             return fail(S.INVALID_FIELD)
@@ -670,8 +779,7 @@ class SimDevice:
 
         def done(_: None) -> Result:
             for ns in targets:
-                ns.lbaf = lbaf
-                ns.blocks = ns.store.size // ns.block_size
+                ns.reformat(lbaf, extended)
                 if ns.nsid not in self.changed_ns:
                     self.changed_ns.append(ns.nsid)
             self.raise_event(E.TYPE_NOTICE, E.NOTICE_NS_CHANGED, 0x04)
@@ -693,10 +801,13 @@ class SimDevice:
             return None, S.LBA_RANGE, 0, 0
         return ns, S.SUCCESS, slba * ns.block_size, nlb * ns.block_size
 
-    def read(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+    def read(self, cmd: Command, data_out: bytes, data_in_len: int, metadata_out: bytes = b"",
+             metadata_in_len: int = 0) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
+        if ns.ms:
+            return self._read_metadata(cmd, ns, offset, length, data_in_len, metadata_in_len)
         if data_in_len < length:
             return fail(S.DATA_XFER_ERROR)
         store = ns.store
@@ -707,14 +818,42 @@ class SimDevice:
             return ok(data)
         return Media(lambda: store.read(offset, length), done, READ_ERROR)
 
-    def write(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+    def _read_metadata(self, cmd: Command, ns: Namespace, offset: int, length: int,
+                       data_in_len: int, metadata_in_len: int) -> Outcome:
+        """A Read of a format with metadata: each block's metadata at the end of its data
+        (extended LBAs), or in the metadata buffer."""
+        slba, nlb = rw_fields(cmd)
+        data_len, metadata_len = ns.host_lengths(nlb)
+        if data_in_len < data_len or metadata_in_len < metadata_len:
+            return fail(S.DATA_XFER_ERROR)
+        store, to_host = ns.store, ns.to_host
+        moff, mlen = ns.metadata_at(slba, nlb)
+
+        def run() -> tuple[bytes, bytes]:
+            return to_host(store.read(offset, length), store.read(moff, mlen))
+
+        def done(got: tuple[bytes, bytes]) -> Result:
+            self.counters["reads"] += 1
+            self.counters["bytes_read"] += length
+            return Result(S.SUCCESS, 0, *got)
+        return Media(run, done, READ_ERROR)
+
+    def write(self, cmd: Command, data_out: bytes, data_in_len: int, metadata_out: bytes = b"",
+              metadata_in_len: int = 0) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
-        if len(data_out) < length:
-            return fail(S.DATA_XFER_ERROR)
-        store, data = ns.store, memoryview(data_out)[:length]
         slba, nlb = rw_fields(cmd)
+        blocks = ns.from_host(nlb, data_out, metadata_out)
+        if blocks is None:
+            return fail(S.DATA_XFER_ERROR)
+        store, (data, metadata) = ns.store, blocks
+        moff, _ = ns.metadata_at(slba, nlb)
+
+        def run() -> None:
+            store.write(offset, data)
+            if metadata:
+                store.write(moff, metadata)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
@@ -722,21 +861,30 @@ class SimDevice:
             if self.cdq.tracking:
                 self.cdq.log(cmd.nsid, [(slba, nlb - 1)])
             return ok()
-        return Media(lambda: store.write(offset, data), done, WRITE_FAULT)
+        return Media(run, done, WRITE_FAULT)
 
-    def compare(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+    def compare(self, cmd: Command, data_out: bytes, data_in_len: int, metadata_out: bytes = b"",
+                metadata_in_len: int = 0) -> Outcome:
+        """Compare: the data, and the metadata of a format with some (as QEMU does)."""
         ns, st, offset, length = self._lba_range(cmd)
         if ns is None:
             return fail(st)
-        if len(data_out) < length:
+        slba, nlb = rw_fields(cmd)
+        blocks = ns.from_host(nlb, data_out, metadata_out)
+        if blocks is None:
             return fail(S.DATA_XFER_ERROR)
         store = ns.store
+        moff, mlen = ns.metadata_at(slba, nlb)
 
-        def done(data: bytes) -> Result:
+        def run() -> tuple[bytes, bytes]:
+            return store.read(offset, length), store.read(moff, mlen) if mlen else b""
+
+        def done(got: tuple[bytes, bytes]) -> Result:
             self.counters["reads"] += 1
             self.counters["bytes_read"] += length
-            return ok() if data == data_out[:length] else fail(S.COMPARE_FAILED)
-        return Media(lambda: store.read(offset, length), done, READ_ERROR)
+            return ok() if got[0] == blocks[0] and got[1] == blocks[1] else \
+                fail(S.COMPARE_FAILED)
+        return Media(run, done, READ_ERROR)
 
     def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
         ns, st, offset, length = self._lba_range(cmd)
@@ -744,13 +892,19 @@ class SimDevice:
             return fail(st)
         store = ns.store
         slba, nlb = rw_fields(cmd)
+        moff, mlen = ns.metadata_at(slba, nlb)
+
+        def run() -> None:
+            store.zero(offset, length)
+            if mlen:
+                store.zero(moff, mlen)      # the metadata is zeroed too (no PI here)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
             if self.cdq.tracking:
                 self.cdq.log(cmd.nsid, [(slba, nlb - 1)])
             return ok()
-        return Media(lambda: store.zero(offset, length), done, WRITE_FAULT)
+        return Media(run, done, WRITE_FAULT)
 
     def verify(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
         ns, st, _, _ = self._lba_range(cmd)
@@ -782,6 +936,8 @@ class SimDevice:
         def run() -> None:
             for slba, nlb in ranges:
                 store.zero(slba * block, nlb * block)
+                if ns.ms:               # deallocated blocks read zeros, metadata included
+                    store.zero(*ns.metadata_at(slba, nlb))
 
         def done(_: None) -> Result:
             if self.cdq.tracking:
@@ -820,6 +976,9 @@ class SimDevice:
         def run() -> None:
             data = b"".join(store.read(slba * block, nlb * block) for slba, nlb in sources)
             store.write(sdlba * block, data)
+            if ns.ms:                   # each block's metadata goes with it
+                metadata = b"".join(store.read(*ns.metadata_at(s, n)) for s, n in sources)
+                store.write(ns.metadata_at(sdlba, total)[0], metadata)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
@@ -828,6 +987,114 @@ class SimDevice:
                 self.cdq.log(cmd.nsid, [(sdlba, total - 1)])
             return ok()
         return Media(run, done, WRITE_FAULT)
+
+    # ------------------------------------------------------------------ I/O Command Sets, zones
+
+    def io_ops(self, nsid: int) -> dict[int, Op]:
+        """The I/O commands of the namespace's command set (NVM's for an unknown NSID,
+        whose commands fail Invalid Namespace)."""
+        ns = self.namespaces.get(nsid)
+        return self.io_ops_of(ns.csi if ns is not None else CSI_NVM)
+
+    def io_ops_of(self, csi: int) -> dict[int, Op]:
+        """The I/O commands of command set `csi` ({}: one the controller lacks)."""
+        return {CSI_NVM: self.IO_OPS, CSI_ZNS: self.ZNS_OPS if self.cfg.zoned else {}}.get(csi, {})
+
+    def identify_cs(self, cns: int, cmd: Command) -> Result:
+        """Identify CNS 05h (a namespace's) or 06h (the controller's) I/O Command Set
+        specific data, of the command set CDW11 names."""
+        csi = CSI.get(cmd)
+        if cns == ID.CNS_CTRL_CS:
+            # NVM: no Verify, Write Zeroes, Write Uncorrectable or DSM limits; ZNS: ZASL 0
+            # (Zone Append up to MDTS)
+            made = {CSI_NVM: lambda: bytes(ID.IDENTIFY_SIZE),
+                    CSI_ZNS: (lambda: bytes(ID.IDENTIFY_SIZE)) if self.cfg.zoned else None}
+            make = made.get(csi)
+            return ok(make()) if make else fail(S.INVALID_IOCS)
+        ns = self.namespaces.get(cmd.nsid)
+        if ns is None:
+            return fail(S.INVALID_NS)
+        made = {CSI_NVM: lambda: iocs.encode_nvm_id_ns({}, []),     # no protection information
+                CSI_ZNS: (lambda: self.id_ns_zns(ns)) if ns.zones else None}
+        make = made.get(csi)
+        return ok(make()) if make else fail(S.INVALID_IOCS)
+
+    def id_ns_zns(self, ns: Namespace) -> bytes:
+        """No open or active zone limits, reads across zone boundaries, no zone
+        descriptor extensions; the zone size in each LBA format's blocks."""
+        return iocs.encode_zns_id_ns(dict(ozcs=iocs.OZCS_RAZB, mar=iocs.NO_LIMIT,
+                                          mor=iocs.NO_LIMIT),
+                                     [dict(zsze=ns.zone_bytes >> ds) for ds in LBA_FORMATS])
+
+    def _zoned(self, cmd: Command, res: Outcome) -> Outcome:
+        """A Write or Write Zeroes to a zoned namespace: once it passes a Write's checks,
+        the zone's (at the write pointer, within the zone, a zone that takes writes)."""
+        if isinstance(res, Result) and res.status:
+            return res
+        status = self.namespaces[cmd.nsid].zones.write(*rw_fields(cmd))
+        return fail(status) if status else res
+
+    def zoned_write(self, cmd: Command, data_out: bytes, data_in_len: int,
+                    metadata_out: bytes = b"", metadata_in_len: int = 0) -> Outcome:
+        return self._zoned(cmd, self.write(cmd, data_out, data_in_len, metadata_out,
+                                           metadata_in_len))
+
+    def zoned_write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+        return self._zoned(cmd, self.write_zeroes(cmd, data_out, data_in_len))
+
+    def zone_append(self, cmd: Command, data_out: bytes, data_in_len: int,
+                    metadata_out: bytes = b"", metadata_in_len: int = 0) -> Outcome:
+        """Zone Append (ZNS §3.4.1): a Write at the write pointer of the zone ZSLBA
+        starts; the LBA written is DW0 (low) and DW1 (high) of the completion."""
+        ns = self.namespaces.get(cmd.nsid)
+        if ns is None:
+            return fail(S.INVALID_NS)
+        zslba, nlb = rw_fields(cmd)
+        status, lba = ns.zones.append(zslba, nlb)
+        if status:
+            return fail(status)
+        res = self.write(cmd._replace(**SLBA.put(lba)), data_out, data_in_len, metadata_out,
+                         metadata_in_len)
+        if isinstance(res, Result) and res.status:
+            return res
+        ns.zones.appended(lba, nlb)
+
+        def at(done: Result) -> Result:
+            return done if done.status else done._replace(dw0=lba & 0xFFFFFFFF, dw1=lba >> 32)
+        if isinstance(res, Result):
+            return at(res)
+        return res._replace(done=lambda out: at(res.done(out)))
+
+    def zone_send(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
+        """Zone Management Send: Close, Finish, Open, Reset, Offline of one zone or, with
+        Select All, of every zone the action applies to; a reset zone's data is zeroed."""
+        ns = self.namespaces.get(cmd.nsid)
+        if ns is None:
+            return fail(S.INVALID_NS)
+        status, erased = ns.zones.send(ZSA.get(cmd), SLBA.get(cmd), bool(ZSA_SELECT_ALL.get(cmd)))
+        if status or not erased:
+            return Result(status)
+        store, block = ns.store, ns.block_size
+
+        def run() -> None:
+            for slba, nlb in erased:
+                store.zero(slba * block, nlb * block)
+                moff, mlen = ns.metadata_at(slba, nlb)
+                if mlen:
+                    store.zero(moff, mlen)
+        return Media(run, lambda _: ok(), WRITE_FAULT)
+
+    def zone_receive(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
+        """Zone Management Receive: a report of the zones from the one holding SLBA on."""
+        ns = self.namespaces.get(cmd.nsid)
+        if ns is None:
+            return fail(S.INVALID_NS)
+        length = zone_recv_len(cmd)
+        if data_in_len < length:
+            return fail(S.DATA_XFER_ERROR)
+        status, data = ns.zones.report(SLBA.get(cmd), ZRA.get(cmd), ZRASF.get(cmd),
+                                       bool(ZRA_PARTIAL.get(cmd)), length)
+        return Result(status, 0, data)
 
     # ------------------------------------------------------------------ Controller Data Queues
 

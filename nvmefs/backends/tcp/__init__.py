@@ -38,7 +38,7 @@ from ...spec.opcodes import ADMIN
 from ...spec.passthru import MAX_DATA_LEN
 from ...spec.queue import Command, Completion
 from ..base import Controller, Request, spread
-from ..errors import ControllerFatal, ControllerGone, TransportError
+from ..errors import ControllerFatal, ControllerGone, TransportError, Unsupported
 from .host import identity
 from .queue import Batch, Lost, TcpQueue
 
@@ -87,6 +87,11 @@ def parse_uri(uri: str) -> tuple[str, int, str, dict[str, int], int]:
 
 class TcpController(Controller):
     backend = "tcp"
+    # NVMe over Fabrics has no MPTR: a capsule carries one data buffer (SGL), so a
+    # namespace formatted with separate metadata cannot be read or written; extended
+    # LBAs (metadata in the data) are data like any other
+    metadata_refusal = ("NVMe/TCP carries no separate metadata buffer (a capsule has no "
+                        "MPTR); only extended-LBA formats (MSET 1) move metadata over it")
 
     def __init__(self, uri: str, index: int = 0):
         super().__init__(uri)
@@ -304,6 +309,8 @@ class TcpController(Controller):
             return []
         if len({r.queue for r in reqs}) > 1:
             return [(await self.submit_batch([r]))[0] for r in reqs]
+        if any(r.metadata_out or r.metadata_in_len for r in reqs):
+            raise Unsupported(f"{self.uri}: {self.metadata_refusal}")
         stats = self._stats
         deadline = self.batch_deadline(reqs)
         stats.submitted += len(reqs)

@@ -161,7 +161,7 @@ class TcpQueue:
                 data = bytes(cmd.buf) if cmd.buf is not None else bytes(cmd.req.data_in_len)
                 cmd.batch.land(cmd.index, from_fields(Completion, (
                     cpl.status or cmd.status, cpl.dw0, cpl.dw1, cpl.sqhd, self.qid,
-                    cmd.req.cmd.cid, data)))
+                    cmd.req.cmd.cid, data, b"")))
         elif kind is T.C2HData:
             cmd = self.cmds.get(pdu.cccid)
             if cmd is None:
@@ -183,7 +183,7 @@ class TcpQueue:
             if pdu.success and pdu.last:
                 self._take(pdu.cccid)
                 cmd.batch.land(cmd.index, from_fields(Completion, (
-                    cmd.status, 0, 0, 0, self.qid, cmd.req.cmd.cid, bytes(data))))
+                    cmd.status, 0, 0, 0, self.qid, cmd.req.cmd.cid, bytes(data), b"")))
             elif data is pdu.data:
                 cmd.buf = bytearray(data)               # kept for the response capsule
         elif kind is T.R2TPdu:

@@ -10,7 +10,8 @@ The hot path is in C (ffi/build_nvme.py): a batch's entries go into a
 submission queue with one doorbell write, and completions land in the batch's
 slots by phase tag; Python wakes once per batch. A batch's data is one DMA
 allocation, each command's piece dword aligned after the one before (so a
-piece may start anywhere in a page; the PRPs say where).
+piece may start anywhere in a page; the PRPs say where), then each separate
+metadata buffer, dword aligned and contiguous, as MPTR needs it.
 
 Past a batch's deadline each command still out is aborted (Abort, §5.1); one
 the controller does not end then, a controller that reports CSTS.CFS, or a
@@ -91,6 +92,7 @@ class Pending:
     it has read the data), and what the device may read until then."""
 
     def __init__(self, bid: int, n: int, alloc: Allocation | None, keep: Any):
+        self.metadata: list[int] | None = None      # Layout.metadata
         self.batch = ffi.new("struct nvmefs_batch *")
         self.batch.id, self.batch.remaining = bid, n
         self.slots = ffi.new("struct nvmefs_slot[]", n)
@@ -104,27 +106,37 @@ class Pending:
 
 class Layout(NamedTuple):
     """Where a batch's data goes in its one allocation: each command's piece dword
-    aligned after the one before, then the PRP list pages."""
+    aligned after the one before, then each separate metadata buffer (the one MPTR
+    points to: contiguous, dword aligned), then the PRP list pages."""
     offsets: list[int]
     lens: list[int]
-    data_bytes: int                 # whole pages
+    data_bytes: int                 # whole pages, metadata included
     list_bytes: int
     writes: bool                    # some command has data out
+    metadata: list[int] | None = None   # each command's metadata offset (-1: none); None: none has
 
 
 def _layout(reqs: Sequence[Request]) -> Layout:
     lens = [len(r.data_out) or r.data_in_len for r in reqs]
     offsets = [0, *itertools.accumulate((n + 3) & ~3 for n in lens)]
     end = offsets.pop()
+    metadata = None
+    if any(r.metadata_out or r.metadata_in_len for r in reqs):
+        metadata = []
+        for r in reqs:
+            n = len(r.metadata_out) or r.metadata_in_len
+            metadata.append(end if n else -1)
+            end += (n + 3) & ~3
     lists = sum(lib.nvmefs_prp_list_pages(off, n, PAGE)     # one page spans at most two:
                 for off, n in zip(offsets, lens) if n > PAGE)   # no list below that
     return Layout(offsets, lens, -(-end // PAGE) * PAGE, lists * PAGE,
-                  any(r.data_out for r in reqs))
+                  any(r.data_out or r.metadata_out for r in reqs), metadata)
 
 
 class VfioController(Controller):
     backend = "vfio"
     keeps_events = True
+    metadata_refusal = ""           # MPTR points into the batch's DMA memory
     cdq_poll = 0.005        # QEMU's TP4159 controller masks its one-shot events after the first
 
     def __init__(self, uri: str, transport: Transport, *, queues: int, depth: int, dma: int,
@@ -363,18 +375,31 @@ class VfioController(Controller):
                  ) -> Pending:
         """A batch placed in its DMA memory (data out copied), not yet on a queue."""
         d = ffi.new("struct nvmefs_data *")
+        meta = layout.metadata
         if alloc is not None:
             if layout.writes:
                 for req, off in zip(reqs, layout.offsets):
                     if req.data_out:
                         ffi.memmove(alloc.host + off, req.data_out, len(req.data_out))
+                for req, off in zip(reqs, meta or ()):
+                    if req.metadata_out:
+                        ffi.memmove(alloc.host + off, req.metadata_out, len(req.metadata_out))
+            for req, off in zip(reqs, meta or ()):
+                if req.metadata_in_len:     # a controller that writes none (PRACT) shows zeros,
+                    ffi.memmove(alloc.host + off, bytes(req.metadata_in_len),  # never old bytes
+                                req.metadata_in_len)
             d.iova, d.list_pages = alloc.iova, layout.list_bytes // PAGE
             d.list_host = alloc.host + layout.data_bytes
             d.list_iova = alloc.iova + layout.data_bytes
-        sqes = b"".join([r.cmd.encode() for r in reqs])
+        if meta is None:
+            sqes = b"".join([r.cmd.encode() for r in reqs])
+        else:                   # MPTR: the command's metadata buffer in the batch's memory
+            sqes = b"".join([(r.cmd._replace(mptr=alloc.iova + off) if off >= 0 else r.cmd)
+                             .encode() for r, off in zip(reqs, meta)])
         keep = (sqes, ffi.new("uint32_t[]", layout.offsets), ffi.new("uint32_t[]", layout.lens),
                 d)
         p = Pending(next(self._ids), len(reqs), alloc, keep)
+        p.metadata = meta
         p.generation = self._stats.resets
         self.pending[p.batch.id] = p
         self._kick.set()
@@ -450,10 +475,11 @@ class VfioController(Controller):
         slots = SLOT.iter_unpack(ffi.buffer(p.slots))
         data = ffi.buffer(p.alloc.host, p.alloc.size) if p.alloc is not None else b""
         offsets = p.keep[1]
-        if not p.expired and not p.batch.failed:
+        meta = p.metadata
+        if not p.expired and not p.batch.failed and meta is None:
             return [from_fields(Completion, (0, result & 0xFFFFFFFF, result >> 32, 0, qid,
                                              req.cmd.cid, data[off:off + req.data_in_len]
-                                             if req.data_in_len else b""))
+                                             if req.data_in_len else b"", b""))
                     for req, (_, result, _, qid, _), off in zip(reqs, slots, offsets)]
         out = []
         for i, (req, (_, result, res, qid, _)) in enumerate(zip(reqs, slots)):
@@ -464,10 +490,11 @@ class VfioController(Controller):
                 raise (ControllerGone if err == errno.ENODEV else TransportError)(
                     f"{self.uri}: {req.queue} opcode {req.cmd.opcode:#04x}: "
                     f"{errno.errorcode.get(err, err)}", err)
-            n = req.data_in_len
+            n, m = req.data_in_len, req.metadata_in_len
             got = (data[offsets[i]:offsets[i] + n] if not res else bytes(n)) if n else b""
+            got_md = (data[meta[i]:meta[i] + m] if not res else bytes(m)) if m else b""
             out.append(from_fields(Completion, (res & 0x7FFF, result & 0xFFFFFFFF, result >> 32,
-                                                0, qid, req.cmd.cid, got)))
+                                                0, qid, req.cmd.cid, got, got_md)))
             p.errors += bool(res & status.CODE_MASK)
         return out
 

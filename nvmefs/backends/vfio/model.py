@@ -272,19 +272,29 @@ class ModelTransport(Transport):
         self._carry(sq, cmd, fire)
 
     def _carry(self, sq: _SQ, cmd: Command, fire: set[int]) -> None:
-        """A command of the sim's command set: data gathered, carried, data scattered."""
-        row = lookup(sq.queue, cmd.opcode)
+        """A command of the sim's command set: data (and separate metadata, at MPTR)
+        gathered, carried, scattered."""
         ns = self.sim.device.namespaces.get(cmd.nsid) if self.sim.device else None
-        length = (row.data_len(cmd, ns.block_size if ns else 0) or 0) if row and row.data_len \
-            else 0
+        row = lookup(sq.queue, cmd.opcode, ns.csi if ns is not None and sq.queue == IO else 0)
+        length = mlen = 0
+        if row is not None and row.data_len is C.lba_len and ns is not None:
+            length, mlen = ns.host_lengths(C.NLB.get(cmd) + 1)  # extended LBAs: all in the data
+        elif row is not None and row.data_len:
+            length = row.data_len(cmd, ns.block_size if ns else 0) or 0
         xfer = direction(cmd.opcode)
         try:
             segs = self._segments(cmd, length) if length else []
             data_out = b"".join(bytes(self._host(a, n)) for a, n in segs) \
                 if xfer == XFER_TO_CTRL else b""
+            if mlen and cmd.mptr & 3:
+                raise Unreachable(INVALID_FIELD)        # MPTR is dword aligned
+            metadata_out = bytes(self._host(cmd.mptr, mlen)) \
+                if mlen and xfer == XFER_TO_CTRL else b""
         except Unreachable as e:
             return self._post(sq, cmd.cid, e.status, fire=fire)
-        req = Request(sq.queue, cmd, data_out, length if xfer == XFER_FROM_CTRL else 0)
+        into = xfer == XFER_FROM_CTRL
+        req = Request(sq.queue, cmd, data_out, length if into else 0, None, metadata_out,
+                      mlen if into else 0)
         try:
             started = self.sim._begin(req)
         except (ControllerFatal, ControllerGone):
@@ -312,15 +322,17 @@ class ModelTransport(Transport):
 
     def _complete(self, sq: _SQ, cid: int, req: Request, cpl: Completion,
                   segs: list[tuple[int, int]], fire: set[int] | None) -> None:
-        if req.data_in_len and cpl.data:
-            pos = 0
-            try:
+        try:
+            if req.data_in_len and cpl.data:
+                pos = 0
                 for a, n in segs:
                     self._host(a, n)[:] = cpl.data[pos:pos + n]
                     pos += n
-            except Unreachable as e:
-                return self._post(sq, cid, e.status, fire=fire)
-        self._post(sq, cid, cpl.status, cpl.dw0, fire)
+            if req.metadata_in_len and cpl.metadata:
+                self._host(req.cmd.mptr, req.metadata_in_len)[:] = cpl.metadata
+        except Unreachable as e:
+            return self._post(sq, cid, e.status, fire=fire)
+        self._post(sq, cid, cpl.status, cpl.dw0, fire, cpl.dw1)
 
     # ------------------------------------------------------------------ admin commands of the model
 
