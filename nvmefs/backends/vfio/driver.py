@@ -75,6 +75,8 @@ class Queue:
         self.slots = ffi.new("struct nvmefs_slot *[]", entries)
         c.free_cids, c.free_top, c.slots = self.free_cids, entries - 1, self.slots
         self.room = trio.Event()
+        self.gone = False           # its memory given back: a task that still holds it
+                                    # (a poller between checkpoints) must not reap it
 
     @staticmethod
     def memory(entries: int) -> int:
@@ -241,6 +243,7 @@ class VfioController(Controller):
         await self._disable()
         for q in self.queues:
             self._cancel(q)
+            q.gone = True
             self.pool.free(q.mem)
         self.admin_q, self.io_q = None, []
         dstrd = R.CAP_DSTRD.get(cap)
@@ -285,7 +288,7 @@ class VfioController(Controller):
     # ------------------------------------------------------------------ completions
 
     def _reap(self, q: Queue) -> None:
-        while True:
+        while not q.gone:
             k = lib.nvmefs_cq_reap(q.c, self._done, DONE_PER_REAP, self._reaped)
             if self._reaped[0]:
                 q.room.set()
@@ -633,6 +636,7 @@ class VfioController(Controller):
         self._live = trio.Event()
         for q in self.queues:
             self._cancel(q, -errno.ENODEV)
+            q.gone = True
         self.admin_q, self.io_q = None, []
         if self.pool is not None:
             self.pool.close()
