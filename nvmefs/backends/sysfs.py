@@ -23,7 +23,8 @@ PATH_DISK = re.compile(r"nvme(\d+)c(\d+)n(\d+)")
 SUBSYSTEM = re.compile(r"nvme-subsys(\d+)")
 
 
-def _class(kind: str, *parts: str) -> str:
+def sysclass(kind: str, *parts: str) -> str:
+    """A path under /sys/class/KIND (under SYS, which tests move)."""
     return os.path.join(SYS, "class", kind, *parts)
 
 
@@ -87,21 +88,22 @@ class SysController:
 
 
 def _subsystem_of(name: str) -> str:
-    for subsys in _listdir(_class("nvme-subsystem")):
-        if os.path.exists(_class("nvme-subsystem", subsys, name)):
+    for subsys in _listdir(sysclass("nvme-subsystem")):
+        if os.path.exists(sysclass("nvme-subsystem", subsys, name)):
             return subsys
     return ""
 
 
 def controller(name: str) -> SysController:
-    base = _class("nvme", name)
+    base = sysclass("nvme", name)
     if not os.path.isdir(base):
         raise FileNotFoundError(f"no NVMe controller {name} (nothing at {base})")
     c = SysController(name, *(read_attr(os.path.join(base, f)) for f in (
         "model", "serial", "firmware_rev", "transport", "address", "state", "cntlid",
         "subsysnqn")))
     c.subsystem = _subsystem_of(name)
-    c.iopolicy = read_attr(_class("nvme-subsystem", c.subsystem, "iopolicy")) if c.subsystem else ""
+    if c.subsystem:
+        c.iopolicy = read_attr(sysclass("nvme-subsystem", c.subsystem, "iopolicy"))
     children = _listdir(base)
     c.generic = _number_order([n for n in children if GENERIC.fullmatch(n)], GENERIC)
     for disk in _number_order([n for n in children if PATH_DISK.fullmatch(n)], PATH_DISK):
@@ -115,7 +117,7 @@ def controller(name: str) -> SysController:
 
 def controllers() -> list[SysController]:
     """Every controller the driver knows, in number order."""
-    names = [n for n in _listdir(_class("nvme")) if NAME.fullmatch(n)]
+    names = [n for n in _listdir(sysclass("nvme")) if NAME.fullmatch(n)]
     return [controller(n) for n in _number_order(names, NAME)]
 
 

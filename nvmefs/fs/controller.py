@@ -13,8 +13,7 @@ from .logs import log_dir
 from .nodes import Dir, Node, SnapshotFile
 from .passthru import PassthruDir, ResetFile
 from .faults import sim_files
-from .iocs import (CommandSetDir, controller_set_nodes, controller_sets, namespace_set_nodes,
-                   namespace_sets)
+from .iocs import CommandSetDir, controller_set_nodes, namespace_set_nodes, namespace_sets
 from .views import text_lines, views
 
 
@@ -33,10 +32,9 @@ def namespace_dir(ctrl: Controller, nsid: int) -> Dir:
 
     async def info() -> bytes:
         d = ID.decode_id_ns(check(await ctrl.identify_ns(nsid)))
-        block = ID.block_size(d)
         fmt = ID.ns_format(d)
-        return text_lines({"nsid": nsid, "blocks": d["nsze"], "block_size": block,
-                           "bytes": d["nsze"] * block, "capacity_blocks": d["ncap"],
+        return text_lines({"nsid": nsid, "blocks": d["nsze"], "block_size": fmt.block,
+                           "bytes": d["nsze"] * fmt.block, "capacity_blocks": d["ncap"],
                            "used_blocks": d["nuse"], "nguid": d["nguid"], "eui64": d["eui64"],
                            "ms": fmt.ms, "mset": int(fmt.extended), "dps": fmt.dps,
                            "csi": ctrl.csi(nsid),
@@ -84,4 +82,4 @@ def controller_dir(ctrl: Controller) -> Dir:
         log_dir(ctrl), feature_dir(ctrl), NamespacesDir(ctrl),
         PassthruDir(ctrl), CdqDir(ctrl), EventsFile(ctrl), ResetFile(ctrl), *sim_files(ctrl),
         *register_files(ctrl),
-    ], "identify.txt", controller_sets(ctrl), lambda csi: controller_set_nodes(ctrl, csi))
+    ], "identify.txt", ctrl.command_sets, lambda csi: controller_set_nodes(ctrl, csi))

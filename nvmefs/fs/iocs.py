@@ -81,10 +81,6 @@ def namespace_set_nodes(ctrl: Controller, nsid: int, csi: int) -> list[Node]:
     return nodes
 
 
-def controller_sets(ctrl: Controller) -> Callable[[], list[int]]:
-    return ctrl.command_sets
-
-
 def namespace_sets(ctrl: Controller, nsid: int) -> Callable[[], list[int]]:
     """The namespace's command set and those it extends; none where the controller
     names no command set."""

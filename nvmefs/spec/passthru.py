@@ -262,14 +262,13 @@ _SHAPE = [
     (lambda r: r.data_len % 4, errno.EINVAL, "data_len is not a multiple of 4"),
 ]
 
-# Why a command that moves no LBAs takes no metadata, by (I/O queue, opcode known)
+# Why a command that moves no LBAs takes no metadata: admin (None), or an I/O opcode
+# nvmefs knows (True) or not (False)
 _NO_METADATA = {
-    (False, True): "admin commands have no metadata buffer: metadata_len must be 0",
-    (False, False): "admin commands have no metadata buffer: metadata_len must be 0",
-    (True, True): "{name} moves no metadata: metadata_len must be 0 (Read, Write, Compare and "
-                  "Zone Append of a namespace formatted with separate metadata move some)",
-    (True, False): "nvmefs does not know what metadata opcode {op:#04x} moves: metadata_len "
-                   "must be 0",
+    None: "admin commands have no metadata buffer: metadata_len must be 0",
+    True: "{name} moves no metadata: metadata_len must be 0 (Read, Write, Compare and "
+          "Zone Append of a namespace formatted with separate metadata move some)",
+    False: "nvmefs does not know what metadata opcode {op:#04x} moves: metadata_len must be 0",
 }
 
 
@@ -319,7 +318,8 @@ def _check_lba(req: PassthruRequest, name: str, fmt: NsFormat, t: Target) -> Non
         raise RequestError(errno.EINVAL, f"data_len={req.data_len}, but this {name} moves "
                            f"{size} bytes ({layout.data_why.format(**words)})")
     metadata_len = req.metadata_len
-    if t.metadata_refusal and max(layout.separate) and (metadata_len or 0 not in layout.separate):
+    if t.metadata_refusal and max(layout.separate) and \
+            (metadata_len > 0 or 0 not in layout.separate):
         raise RequestError(errno.EOPNOTSUPP, f"this {name} needs a separate metadata buffer "
                            f"({n} blocks x {fmt.ms}): {t.metadata_refusal}")
     allowed = [n * fmt.ms * k for k in layout.separate]
@@ -407,7 +407,7 @@ def validate(req: PassthruRequest, t: Target) -> None:
                 raise RequestError(errno.EINVAL, f"data_len={data_len}, but this {row.name} "
                                    f"moves {size} bytes")
         if req.metadata_len and rule is not lba_len:
-            why = _NO_METADATA[t.queue == IO, row is not None]
+            why = _NO_METADATA[row is not None if t.queue == IO else None]
             raise RequestError(errno.EINVAL, f"opcode {op:#04x} metadata_len={req.metadata_len}: "
                                + why.format(name=row.name if row else "", op=op))
 
@@ -472,7 +472,7 @@ def response_parts(req: PassthruRequest, cpl: Completion) -> list[bytes]:
     text, its status line, xxd lines of the data, for metadata the METADATA_MARK line and
     its xxd lines (offsets going on from the data's), an empty line."""
     n, m = req.data_in_len, req.metadata_in_len
-    data = cpl.data if len(cpl.data) == n else cpl.data[:n].ljust(n, b"\0")
+    data = _exactly(cpl.data, n)
     if req.text:
         cpl = cpl._replace(cid=req.cmd.cid)
         text = status_line(cpl, n, m) + xxd(data)

@@ -132,13 +132,10 @@ class MailboxSession:
         end = data_end + req.metadata_out_len
         if len(buf) < end:
             return NEED_DATA, i
-        if end > data_end:
+        if end > i + SQE_SIZE:
             with memoryview(buf) as view:
                 req = req._replace(data_out=view[i + SQE_SIZE:data_end].tobytes(),
                                    metadata_out=view[data_end:end].tobytes())
-        elif end > i + SQE_SIZE:
-            with memoryview(buf) as view:
-                req = req._replace(data_out=view[i + SQE_SIZE:end].tobytes())
         return req, self._base + end
 
     def _line(self, target: Target, i: int) -> tuple[PassthruRequest | _Event | None, int]:

@@ -8,7 +8,6 @@ import pytest
 import trio
 from pyfuse3 import FUSEError
 
-from nvmefs.backends import TransportError
 from nvmefs.fs.passthru import MAX_PRIVATE
 from nvmefs.fs.waits import MAX_WAITERS
 from nvmefs.spec import passthru as P
@@ -16,6 +15,7 @@ from nvmefs.spec.commands import OP_FORMAT_NVM, OP_IDENTIFY, OP_READ, OP_WRITE
 from nvmefs.spec.queue import Completion
 
 from .conftest import Ctx, inode_of, mounted_ops, open_file, read_fh
+from .test_passthru import target
 
 RW, WO = os.O_RDWR, os.O_WRONLY
 USER = Ctx(uid=1000, gid=1000)
@@ -278,21 +278,16 @@ async def test_kept_answers_give_way_to_new_requests():
 
 async def test_a_write_only_batch_lost_to_the_transport_fails_its_write_and_the_next_reader():
     """`echo REQUEST > passthru/io.t; head passthru/io.t`: the errno reaches both."""
-    async with mounted_ops() as (ops, ctrls):
-        carry = ctrls[0].submit_batch
-
-        async def gone(reqs):           # I/O batches only: the tree's own reads still work
-            if reqs[0].queue != "io":
-                return await carry(reqs)
-            raise TransportError("the controller is gone", errno.ENXIO)
-        ctrls[0].submit_batch = gone
+    async with mounted_ops() as (ops, (ctrl,)):
+        await target(ops, "io")         # read before the controller goes
+        ctrl.faults.inject("remove")
         parent = await inode_of(ops, "nvme0/passthru")
         info, _ = await ops.create(parent, b"io.t", 0o600, WO, Ctx())
         with pytest.raises(FUSEError) as e:
             await ops.write(info.fh, 0, read_req(0, cid=1, text=True))
-        assert e.value.errno == errno.ENXIO
+        assert e.value.errno == errno.ENODEV
         await ops.release(info.fh)
         fh = await open_file(ops, "nvme0/passthru/io.t", os.O_RDONLY)
         with pytest.raises(FUSEError) as e:
             await read_fh(ops, fh)
-        assert e.value.errno == errno.ENXIO
+        assert e.value.errno == errno.ENODEV

@@ -12,10 +12,11 @@ from nvmefs.spec.commands import OP_READ, OP_WRITE
 from nvmefs.spec.passthru import encode_request
 from nvmefs.spec.queue import Completion
 
+from ..linux.test_tree import nvme_cli
 from ..mount.conftest import foreground, sh
 from ..unit.test_vectors import contains
 from .conftest import nodes
-from .test_paths import nvme_cli, passthru
+from .test_paths import passthru
 
 OP_ZONE_MGMT_RECV = 0x7A
 

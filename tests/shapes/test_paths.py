@@ -16,6 +16,7 @@ from nvmefs.spec.commands import OP_READ, OP_WRITE
 from nvmefs.spec.passthru import encode_request
 from nvmefs.spec.queue import Completion
 
+from ..linux.test_tree import nvme_cli
 from ..mount.conftest import foreground, sh
 from ..unit.test_vectors import contains
 from ..vm.shapes import MULTIPATH_NQN
@@ -24,12 +25,6 @@ from .conftest import nodes
 HOST_PATH_ERROR, HOST_ABORTED = (3, 0x70), (3, 0x71)
 # native multipath (Debian's default) or nvme_core.multipath=N: names differ, nothing else
 MULTIPATH = read_attr("/sys/module/nvme_core/parameters/multipath") != "N"
-
-
-def nvme_cli(*args: str):
-    r = subprocess.run(["nvme", *args, "-o", "json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def info(path) -> dict[str, str]:

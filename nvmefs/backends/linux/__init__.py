@@ -226,7 +226,7 @@ class LinuxController(Controller):
         self._open_nodes()
 
     def _node_names(self) -> frozenset[str]:
-        return frozenset(n for n in os.listdir(f"{sysfs.SYS}/class/nvme/{self.sysname}")
+        return frozenset(n for n in os.listdir(sysfs.sysclass("nvme", self.sysname))
                          if n.startswith(("ng", "nvme")))
 
     async def _follow_namespaces(self) -> None:
@@ -417,7 +417,7 @@ class LinuxController(Controller):
 
     def _kernel_state(self) -> str:
         """The driver's state of the controller: live, resetting, connecting, ..."""
-        return sysfs.read_attr(f"{sysfs.SYS}/class/nvme/{self.sysname}/state")
+        return sysfs.read_attr(sysfs.sysclass("nvme", self.sysname, "state"))
 
     async def _wait_serving(self) -> None:
         """Until the kernel has the controller live again (sysfs `state`)."""

@@ -176,6 +176,13 @@ class Namespace:
         """Store offset and length of the metadata of `nlb` blocks from `slba`."""
         return self.blocks * self.block_size + slba * self.ms, nlb * self.ms
 
+    def erase(self, slba: int, nlb: int) -> None:
+        """Zero `nlb` blocks from `slba`, their metadata too (media work: Write Zeroes,
+        Deallocate, a zone reset)."""
+        self.store.zero(slba * self.block_size, nlb * self.block_size)
+        if self.ms:
+            self.store.zero(*self.metadata_at(slba, nlb))
+
     def from_host(self, nlb: int, data: bytes, metadata: bytes
                   ) -> tuple[bytes | memoryview, bytes | memoryview] | None:
         """The data and metadata of `nlb` blocks as kept, from the host's data and
@@ -887,17 +894,13 @@ class SimDevice:
         return Media(run, done, READ_ERROR)
 
     def write_zeroes(self, cmd: Command, data_out: bytes, data_in_len: int) -> Outcome:
-        ns, st, offset, length = self._lba_range(cmd)
+        ns, st, _, _ = self._lba_range(cmd)
         if ns is None:
             return fail(st)
-        store = ns.store
         slba, nlb = rw_fields(cmd)
-        moff, mlen = ns.metadata_at(slba, nlb)
 
         def run() -> None:
-            store.zero(offset, length)
-            if mlen:
-                store.zero(moff, mlen)      # the metadata is zeroed too (no PI here)
+            ns.erase(slba, nlb)             # the metadata is zeroed too (no PI here)
 
         def done(_: None) -> Result:
             self.counters["writes"] += 1
@@ -931,13 +934,9 @@ class SimDevice:
             return fail(S.LBA_RANGE)
         if not cmd.cdw11 & DSM_AD:
             return ok()             # attributes only: nothing to do
-        store, block = ns.store, ns.block_size
-
         def run() -> None:
             for slba, nlb in ranges:
-                store.zero(slba * block, nlb * block)
-                if ns.ms:               # deallocated blocks read zeros, metadata included
-                    store.zero(*ns.metadata_at(slba, nlb))
+                ns.erase(slba, nlb)     # deallocated blocks read zeros, metadata included
 
         def done(_: None) -> Result:
             if self.cdq.tracking:
@@ -1005,12 +1004,9 @@ class SimDevice:
         specific data, of the command set CDW11 names."""
         csi = CSI.get(cmd)
         if cns == ID.CNS_CTRL_CS:
-            # NVM: no Verify, Write Zeroes, Write Uncorrectable or DSM limits; ZNS: ZASL 0
-            # (Zone Append up to MDTS)
-            made = {CSI_NVM: lambda: bytes(ID.IDENTIFY_SIZE),
-                    CSI_ZNS: (lambda: bytes(ID.IDENTIFY_SIZE)) if self.cfg.zoned else None}
-            make = made.get(csi)
-            return ok(make()) if make else fail(S.INVALID_IOCS)
+            # all zeros, for each command set the controller has: NVM, no Verify, Write
+            # Zeroes, Write Uncorrectable or DSM limits; ZNS, ZASL 0 (Zone Append up to MDTS)
+            return ok(bytes(ID.IDENTIFY_SIZE)) if self.io_ops_of(csi) else fail(S.INVALID_IOCS)
         ns = self.namespaces.get(cmd.nsid)
         if ns is None:
             return fail(S.INVALID_NS)
@@ -1074,14 +1070,9 @@ class SimDevice:
         status, erased = ns.zones.send(ZSA.get(cmd), SLBA.get(cmd), bool(ZSA_SELECT_ALL.get(cmd)))
         if status or not erased:
             return Result(status)
-        store, block = ns.store, ns.block_size
-
         def run() -> None:
             for slba, nlb in erased:
-                store.zero(slba * block, nlb * block)
-                moff, mlen = ns.metadata_at(slba, nlb)
-                if mlen:
-                    store.zero(moff, mlen)
+                ns.erase(slba, nlb)
         return Media(run, lambda _: ok(), WRITE_FAULT)
 
     def zone_receive(self, cmd: Command, data_out: bytes, data_in_len: int) -> Result:
